@@ -1,0 +1,164 @@
+"""The configuration: two dataclasses and the configurator that fills them.
+
+`ModelConfig` drives the one model class (trunk + variant head). `TrainConfig` extends it
+with everything the training loop needs, so every key lives in one flat namespace, the way
+nanoGPT users expect: a Python config file first, then `--key=value` overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from nanoGPT.errors import UserError
+
+C = TypeVar("C")
+
+
+@dataclass
+class ModelConfig:
+    # trunk (GPT-2 small by default)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257  # exact tokenizer vocabulary: padded ids would take probability mass
+    dropout: float = 0.0
+    bias: bool = True
+    # output objective, see nanoGPT/variants/
+    variant: str = "baseline"
+    label_smoothing: float = 0.05  # smooth
+    pos_weight: float = 1.0  # sigmoid variants: weight of the positive terms of the BCE
+    prior_sigma: float = 1.0  # bayes variants: std of the Gaussian prior on the head
+    posterior_init_sigma: float = 1e-3  # bayes variants: initial posterior std
+    kl_weight: float = 1.0  # bayes variants: ELBO = E[loss] + kl_weight * KL / kl_num_tokens
+    kl_num_tokens: int = 0  # N in the ELBO; 0 = number of training tokens in one epoch
+    bayes_samples: int = 8  # bayes variants: weight samples averaged by evaluation and sampling
+
+    def model_args(self) -> ModelConfig:
+        """The ModelConfig part of this (Train)Config."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    # I/O
+    out_dir: str = "out"
+    log_dir: str = "training_logs"  # metrics.jsonl and samples.txt go to <log_dir>/<run_name>/
+    run_name: str = ""  # default: the name of out_dir
+    init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | ... | a local HF folder
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    eval_only: bool = False
+    eval_split: str = "val"  # the held-out split evaluation reports on: val or test
+    sample_interval: int = 0  # 0 = never; else append a sample to samples.txt every N iters
+    sample_tokens: int = 64
+    sample_prompt: str = "\n"
+    wandb_log: bool = False
+    wandb_project: str = "nanoGPT-objectives"
+    wandb_run_name: str = ""
+    # data
+    dataset: str = "shakespeare_char"  # a folder under data/
+    data_dir: str = ""  # any folder holding train.bin/val.bin; overrides dataset
+    batch_size: int = 12  # per process, per micro-step
+    gradient_accumulation_steps: int = 1  # total over all processes
+    # optimizer (AdamW) and schedule (warmup + cosine)
+    learning_rate: float = 6e-4
+    max_iters: int = 5000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = off
+    decay_lr: bool = True
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0  # 0 = max_iters
+    min_lr: float = 6e-5
+    # system
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
+    compile: bool = False
+    backend: str = "auto"  # DDP backend: auto = nccl on CUDA, gloo on CPU
+    seed: int = 1337
+    peak_flops: float = 989e12  # for MFU: dense bf16 peak of the accelerator (H100/H200)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _close_keys(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _check_type(key: str, value: Any, expected: Any) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise UserError(f"config key {key} must be True or False, got {value!r}")
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(
+            f"config key {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def parse_value(key: str, text: str, expected: Any) -> Any:
+    if expected is str:
+        return text
+    if expected is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise UserError(f"--{key} must be True or False, got {text!r}")
+    try:
+        return expected(text)
+    except ValueError:
+        raise UserError(f"--{key} must be {expected.__name__}, got {text!r}") from None
+
+
+def apply_config(config: C, argv: list[str]) -> C:
+    """Return a copy of `config` updated from `argv`: config files (paths) then --key=value.
+
+    A config file is Python; every top-level name it defines must be a config key. An unknown
+    key or a value of the wrong type raises UserError naming the closest valid keys.
+    """
+    types_by_key = _field_types(type(config))
+    valid = list(types_by_key)
+    updates: dict[str, Any] = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                raise UserError(f"config file {arg} not found (arguments are FILE or --key=value)")
+            namespace: dict[str, Any] = {}
+            try:
+                exec(compile(open(arg).read(), arg, "exec"), namespace)
+            except Exception as err:  # a user's file: report it in one line
+                raise UserError(f"config file {arg} failed: {type(err).__name__}: {err}") from None
+            for key, value in namespace.items():
+                if key.startswith("_") or isinstance(value, types.ModuleType):
+                    continue
+                if key not in types_by_key:
+                    raise UserError(f"unknown config key {key} in {arg}{_close_keys(key, valid)}")
+                updates[key] = _check_type(key, value, types_by_key[key])
+            continue
+        key, sep, text = arg[2:].partition("=")
+        if not sep:
+            raise UserError(f"argument {arg} must look like --key=value")
+        if key not in types_by_key:
+            raise UserError(f"unknown config key {key}{_close_keys(key, valid)}")
+        updates[key] = parse_value(key, text, types_by_key[key])
+    return dataclasses.replace(config, **updates)
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
+    """Rebuild a config saved in a checkpoint, ignoring keys this version no longer has."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})

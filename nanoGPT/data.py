@@ -1,0 +1,107 @@
+"""Batches from nanoGPT-format token files (uint16 train.bin / val.bin / test.bin).
+
+Every batch is a pure function of (seed, rank, split, step, micro_step): the position in the
+data stream is the iteration number, so a resumed run reads exactly the batches an
+uninterrupted run would have read, with no sampler state to save.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nanoGPT.errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+def resolve_data_dir(dataset: str, data_dir: str = "") -> str:
+    """`data_dir` if given, else data/<dataset> (relative to the working directory, then to the repo)."""
+    if data_dir:
+        return data_dir
+    local = os.path.join("data", dataset)
+    return local if os.path.isdir(local) else os.path.join(REPO_ROOT, "data", dataset)
+
+
+def prepare_hint(data_dir: str) -> str:
+    script = os.path.join(data_dir, "prepare.py")
+    return f"; run python {script} first" if os.path.isfile(script) else ""
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T) input ids
+    y: torch.Tensor  # (B, T) next-token ids: y[:, t] = token after x[:, t]
+    starts: np.ndarray  # (B,) offset of x[:, 0] in the split, to look up cached extras
+
+
+class TokenData:
+    """Random windows of a split for training, fixed evenly spread windows for evaluation."""
+
+    def __init__(self, data_dir: str, block_size: int, batch_size: int, device: str,
+                 seed: int = 0, rank: int = 0):
+        self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
+        self.device, self.seed, self.rank = device, seed, rank
+        if not os.path.isfile(self.path("train")):
+            raise UserError(f"no training data: {self.path('train')} not found{prepare_hint(data_dir)}")
+        for split in self.splits():
+            if self.num_tokens(split) <= block_size:
+                raise UserError(
+                    f"{self.path(split)} has {self.num_tokens(split)} tokens, "
+                    f"not more than block_size={block_size}"
+                )
+
+    def path(self, split: str) -> str:
+        return os.path.join(self.data_dir, f"{split}.bin")
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLIT_CODES if os.path.isfile(self.path(s))]
+
+    def has_split(self, split: str) -> bool:
+        return os.path.isfile(self.path(split))
+
+    def tokens(self, split: str) -> np.memmap:
+        # A fresh memmap per call: a long-lived one lets the page cache count against RSS.
+        if not self.has_split(split):
+            raise UserError(f"split {split!r} not found: {self.path(split)}{prepare_hint(self.data_dir)}")
+        size = os.path.getsize(self.path(split))
+        if size % 2:
+            raise UserError(f"{self.path(split)} has an odd number of bytes: not uint16 token ids")
+        return np.memmap(self.path(split), dtype=np.uint16, mode="r")
+
+    def num_tokens(self, split: str) -> int:
+        return os.path.getsize(self.path(split)) // 2
+
+    def _windows(self, data: np.ndarray, starts: np.ndarray) -> Batch:
+        T = self.block_size
+        rows = np.stack([data[s: s + T + 1] for s in starts]).astype(np.int64)
+        x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+        if self.device.startswith("cuda"):
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
+                self.device, non_blocking=True)
+        else:
+            x, y = x.to(self.device), y.to(self.device)
+        return Batch(x, y, starts)
+
+    def train_batch(self, step: int, micro_step: int = 0, split: str = "train") -> Batch:
+        data = self.tokens(split)
+        rng = np.random.default_rng([self.seed, self.rank, SPLIT_CODES[split], step, micro_step])
+        starts = rng.integers(0, len(data) - self.block_size - 1, size=self.batch_size)
+        return self._windows(data, starts)
+
+    def eval_batches(self, split: str, num_batches: int, world_size: int = 1) -> list[np.ndarray]:
+        """Start offsets of this rank's share of `num_batches` batches of non-overlapping
+        windows spread evenly over the split: the same tokens at every evaluation."""
+        data_len = self.num_tokens(split)
+        total = num_batches * self.batch_size * world_size
+        span = data_len - self.block_size - 1
+        window_count = min(total, max(1, span // self.block_size + 1))
+        starts = np.linspace(0, span, num=window_count).astype(np.int64)
+        mine = starts[self.rank::world_size]
+        return [mine[i: i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+
+    def batch_at(self, split: str, starts: np.ndarray) -> Batch:
+        return self._windows(self.tokens(split), starts)

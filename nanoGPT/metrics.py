@@ -1,0 +1,251 @@
+"""Evaluation metrics, defined once. Everything is computed from normalised log-probs.
+
+Per-token statistics that only some variants have (Bayesian entropies, sigmoid set sizes)
+are computed by the functions below, called from each variant's `evaluate`, and averaged by
+`MetricAccumulator` beside the common metrics (NLL, perplexity, bits per byte, accuracy,
+ECE, Brier).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+ECE_BINS = 15
+
+
+def entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row of a normalised log-distribution (..., V) -> (...)."""
+    probs = log_probs.exp()
+    # 0 * log 0 = 0: a head may give exact zeros (-inf log-probs), which would make NaN
+    return -torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)
+
+
+def bayes_token_stats(sample_log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(S, N, V) log-probs of S weight samples -> per-token (N,) uncertainty statistics.
+
+    predictive_entropy = H[mean_s p_s]; expected_entropy = mean_s H[p_s];
+    mutual_information = their difference (the epistemic part), >= 0 by Jensen.
+    """
+    sample_log_probs = sample_log_probs.float()
+    num_samples = sample_log_probs.size(0)
+    mean_log_probs = torch.logsumexp(sample_log_probs, dim=0) - math.log(num_samples)
+    predictive = entropy(mean_log_probs)
+    expected = entropy(sample_log_probs).mean(0)
+    return {
+        "predictive_entropy": predictive,
+        "expected_entropy": expected,
+        # >= 0 in exact arithmetic; the clamp only removes float round-off below zero
+        "mutual_information": (predictive - expected).clamp_min(0.0),
+    }
+
+
+def sigmoid_token_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N, V) sigmoid logits, (N,) true ids -> per-token (N,) statistics of the sigmoid head.
+
+    bce: sum over the vocabulary of the binary cross-entropy against the one-hot true token;
+    sigma_true: sigma(z_true); set_size: |{v: sigma(z_v) > 0.5}|; set_has_true: true in that set.
+    """
+    logits = logits.float()
+    z_true = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    in_set = logits > 0  # sigma(z) > 0.5
+    return {
+        # BCE(z, y) = softplus(z) - y*z, summed over v with y = one-hot(true): no dense target
+        "bce": F.softplus(logits).sum(-1) - z_true,
+        "sigma_true": torch.sigmoid(z_true),
+        "set_size": in_set.sum(-1).float(),
+        "set_has_true": (z_true > 0).float(),
+    }
+
+
+def brier(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-class Brier score per token: (..., V) log-probs, (...) ids -> (...).
+
+    sum_v (p_v - y_v)^2 with y one-hot expands to sum_v p_v^2 - 2 p_true + 1, which needs
+    no dense one-hot. Ranges over [0, 2].
+    """
+    probs = log_probs.float().exp()
+    p_true = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return probs.square().sum(-1) - 2.0 * p_true + 1.0
+
+
+def calibration_bins(
+    confidences: torch.Tensor,
+    correct: torch.Tensor,
+    n_bins: int = ECE_BINS,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Equal-width bins over [0, 1] of top-1 confidence -> (3, n_bins) float64 sums:
+    row 0 the count, row 1 the summed confidence, row 2 the summed correctness.
+
+    Bin b holds confidences in [b/n_bins, (b+1)/n_bins); 1.0 goes in the last bin. Sums (not
+    means) so that bins of several batches or ranks add up. `weights` (0/1) drops tokens.
+    """
+    confidences = confidences.reshape(-1).double()
+    correct = correct.reshape(-1).double()
+    weights = torch.ones_like(confidences) if weights is None else weights.reshape(-1).double()
+    bin_index = (confidences * n_bins).long().clamp(0, n_bins - 1)
+    bins = torch.zeros(3, n_bins, dtype=torch.float64, device=confidences.device)
+    values = torch.stack([weights, weights * confidences, weights * correct])
+    return bins.scatter_add_(1, bin_index.expand(3, -1), values)
+
+
+def ece_from_bins(bins: torch.Tensor) -> float:
+    """ECE = sum_b (n_b / N) |acc_b - conf_b| from `calibration_bins` sums."""
+    count, confidence_sum, correct_sum = bins.double().cpu()
+    total = count.sum().item()
+    if total == 0:
+        return math.nan
+    # n_b * |acc_b - conf_b| = |correct_sum_b - confidence_sum_b|; empty bins contribute 0
+    return (correct_sum - confidence_sum).abs().sum().item() / total
+
+
+def expected_calibration_error(
+    confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = ECE_BINS
+) -> float:
+    """Expected calibration error of top-1 confidences (N,) against 0/1 correctness (N,)."""
+    return ece_from_bins(calibration_bins(confidences, correct, n_bins))
+
+
+def token_byte_table(token_to_bytes: Callable[[int], bytes], vocab_size: int) -> torch.Tensor:
+    """(vocab_size,) long tensor: how many bytes of text each token id decodes to.
+
+    Index it with the targets to get `MetricAccumulator.update`'s `token_bytes`.
+    `token_to_bytes` must return raw bytes (tiktoken's `decode_single_token_bytes`, or
+    `char.encode("utf-8")` for a character vocabulary): a BPE token can be part of a UTF-8
+    character, and decoding it alone to str would count replacement characters instead.
+    """
+    return torch.tensor([len(token_to_bytes(i)) for i in range(vocab_size)], dtype=torch.long)
+
+
+# MetricAccumulator.scalars holds the sums of: nll, correct, brier, tokens, bytes, and tokens
+# that came with a byte count (bpb is only reported when that equals tokens)
+_NUM_SCALARS = 6
+_RESERVED_NAMES = {"nll", "ppl", "bpb", "acc", "ece", "brier", "tokens"}
+
+
+class MetricAccumulator:
+    """Sums of per-token metrics over evaluation batches, without keeping the batches.
+
+    Per batch: `update(log_probs, targets, token_bytes, extras)`; then on every rank
+    `all_reduce()` once (a no-op outside torch.distributed), then `compute()`.
+    Targets < 0 are ignored (padding), without a host sync. Pass the model's device so the
+    sums stay there and no batch waits on a copy to the CPU.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", n_bins: int = ECE_BINS):
+        self.device = torch.device(device)
+        self.n_bins = n_bins
+        # float64: a sum over millions of tokens in float32 loses the low digits of the NLL
+        self.scalars = torch.zeros(_NUM_SCALARS, dtype=torch.float64, device=self.device)
+        self.bins = torch.zeros(3, n_bins, dtype=torch.float64, device=self.device)
+        # name -> (sum, count): an extra missing from some batches still gets a true mean
+        self.extras: dict[str, torch.Tensor] = {}
+        self._reduced = False
+
+    @torch.no_grad()
+    def update(
+        self,
+        log_probs: torch.Tensor,
+        targets: torch.Tensor,
+        token_bytes: torch.Tensor | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Add one batch: (N, V) normalised log-probs (or (..., V)), (N,) target ids,
+        (N,) bytes each target token decodes to (None: no bits per byte), and per-token (N,)
+        variant statistics by name (`bayes_token_stats`, `sigmoid_token_stats`)."""
+        if self._reduced:
+            raise RuntimeError("MetricAccumulator.update after all_reduce: the sums are final")
+        vocab_size = log_probs.size(-1)
+        log_probs = log_probs.reshape(-1, vocab_size).float()
+        targets = targets.reshape(-1)
+        valid = targets >= 0
+        safe_targets = targets.clamp_min(0)
+
+        def masked_sum(values: torch.Tensor) -> torch.Tensor:
+            # where() rather than a product: an ignored row may hold inf, and inf * 0 is NaN
+            return torch.where(valid, values.reshape(-1).double(), 0.0).sum()
+
+        log_p_true = log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+        top_log_prob, top_id = log_probs.max(-1)
+        correct = top_id == safe_targets
+        num_tokens = masked_sum(torch.ones_like(log_p_true))
+        if token_bytes is None:
+            num_bytes = byte_tokens = torch.zeros_like(num_tokens)
+        else:
+            num_bytes, byte_tokens = masked_sum(token_bytes.to(valid.device)), num_tokens
+        batch = torch.stack([
+            masked_sum(-log_p_true),
+            masked_sum(correct),
+            masked_sum(brier(log_probs, safe_targets)),
+            num_tokens,
+            num_bytes,
+            byte_tokens,
+        ])
+        self.scalars += batch.to(self.device)
+        self.bins += calibration_bins(top_log_prob.exp(), correct, self.n_bins, valid).to(
+            self.device
+        )
+
+        for name, values in (extras or {}).items():
+            if name in _RESERVED_NAMES:
+                raise ValueError(f"extra statistic {name!r} would hide the metric of that name")
+            sums = torch.stack([masked_sum(values), num_tokens]).to(self.device)
+            if name in self.extras:
+                self.extras[name] += sums
+            else:
+                self.extras[name] = sums
+
+    def all_reduce(self) -> None:
+        """Sum the state over torch.distributed ranks in one collective (when initialised).
+
+        Every rank must call it, and every rank must have seen the same extra names.
+        """
+        if self._reduced:
+            raise RuntimeError("MetricAccumulator.all_reduce called twice: it would double")
+        self._reduced = True
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        names = sorted(self.extras)  # same order on every rank
+        flat = torch.cat([self.scalars, self.bins.reshape(-1)] + [self.extras[n] for n in names])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        self.scalars, bins, extras = flat.split(
+            [_NUM_SCALARS, self.bins.numel(), 2 * len(names)]
+        )
+        self.bins = bins.reshape(3, self.n_bins)
+        self.extras = dict(zip(names, extras.reshape(-1, 2)))
+
+    def compute(self) -> dict[str, float]:
+        """nll (nats/token), ppl, bpb (when every token had a byte count), acc, ece, brier,
+        the mean of each extra under its own name, and tokens."""
+        nll_sum, correct, brier_sum, tokens, num_bytes, byte_tokens = self.scalars.tolist()
+        if tokens == 0:
+            raise ValueError("MetricAccumulator.compute: no tokens were accumulated")
+        nll = nll_sum / tokens
+        results = {
+            "nll": nll,
+            "ppl": math.exp(nll) if nll < 700 else math.inf,  # math.exp overflows past ~709
+            "acc": correct / tokens,
+            "ece": ece_from_bins(self.bins),
+            "brier": brier_sum / tokens,
+        }
+        if byte_tokens == tokens and num_bytes > 0:
+            results["bpb"] = nll_sum / num_bytes / math.log(2)
+        for name, (extra_sum, count) in self.extras.items():
+            results[name] = extra_sum.item() / count.item() if count.item() > 0 else math.nan
+        results["tokens"] = tokens
+        return results
+
+    def reliability(self) -> dict[str, list[float | None]]:
+        """Per-bin data for a reliability diagram: bin edges (n_bins + 1), and per bin the
+        mean confidence, the accuracy (None for an empty bin, which JSON keeps) and count."""
+        count, confidence_sum, correct_sum = self.bins.cpu().tolist()
+        return {
+            "edges": [b / self.n_bins for b in range(self.n_bins + 1)],
+            "confidence": [s / n if n > 0 else None for s, n in zip(confidence_sum, count)],
+            "accuracy": [s / n if n > 0 else None for s, n in zip(correct_sum, count)],
+            "count": count,
+        }

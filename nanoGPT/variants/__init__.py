@@ -1,0 +1,17 @@
+"""The registry of output-objective variants: name -> class. Add a variant here."""
+from __future__ import annotations
+
+from nanoGPT.config import ModelConfig
+from nanoGPT.errors import UserError
+from nanoGPT.variants.base import Variant
+from nanoGPT.variants.baseline import Baseline
+
+VARIANTS: dict[str, type[Variant]] = {
+    "baseline": Baseline,
+}
+
+
+def build_variant(config: ModelConfig) -> Variant:
+    if config.variant not in VARIANTS:
+        raise UserError(f"unknown variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[config.variant](config)

@@ -1,0 +1,83 @@
+"""Sample from a trained checkpoint of any variant, through that variant's predictive.
+
+    python sample.py --out_dir=out/baseline-shakespeare-char --start="ROMEO:" --num_samples=3
+    python sample.py --out_dir=out/x --start=FILE:prompt.txt --top_p=0.9 --temperature=0.8
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from nanoGPT.checkpoint import checkpoint_path, load_model
+from nanoGPT.config import apply_config
+from nanoGPT.data import resolve_data_dir
+from nanoGPT.errors import UserError, cli
+from nanoGPT.sampling import generate
+from nanoGPT.tokenizer import load_tokenizer
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = "out"
+    ckpt: str = "last"  # last | best
+    variant: str = ""  # if set, the checkpoint must be of this variant
+    start: str = "\n"  # the prompt, or FILE:path
+    num_samples: int = 3
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 200  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    greedy: bool = False
+    no_repeat_ngram_size: int = 0
+    bayes_samples: int = 0  # Bayesian variants: weight samples per token; 0 = as trained
+    seed: int = 1337
+    device: str = "auto"
+
+
+def read_prompt(start: str) -> str:
+    if start.startswith("FILE:"):
+        path = start[5:]
+        if not os.path.isfile(path):
+            raise UserError(f"prompt file {path} not found")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    return start
+
+
+def sample(cfg: SampleConfig) -> list[str]:
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    path = checkpoint_path(cfg.out_dir, cfg.ckpt)
+    overrides = {"bayes_samples": cfg.bayes_samples} if cfg.bayes_samples else {}
+    model, ckpt = load_model(path, device, expect_variant=cfg.variant or None, **overrides)
+    train_cfg = ckpt["config"]
+    tokenizer = load_tokenizer(resolve_data_dir(train_cfg["dataset"], train_cfg["data_dir"]))
+    ids = tokenizer.encode(read_prompt(cfg.start))
+    if not ids:
+        raise UserError("the prompt encodes to no tokens")
+    block = model.config.block_size
+    if len(ids) > block:
+        print(f"warning: prompt of {len(ids)} tokens cropped to the last {block} (block_size)",
+              file=sys.stderr)
+        ids = ids[-block:]
+    torch.manual_seed(cfg.seed)
+    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
+    out = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                   cfg.greedy, cfg.no_repeat_ngram_size)
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+@cli
+def main(argv: list[str] | None = None) -> list[str]:
+    cfg = apply_config(SampleConfig(), sys.argv[1:] if argv is None else argv)
+    texts = sample(cfg)
+    for text in texts:
+        print(text)
+        print("---------------")
+    return texts
+
+
+if __name__ == "__main__":
+    main()
