@@ -29,6 +29,23 @@ class ModelConfig:
     vocab_size: int = 50257  # exact tokenizer vocabulary: padded ids would take probability mass
     dropout: float = 0.0
     bias: bool = True
+    # trunk options (nanoGPT/layers.py). The defaults are GPT-2; a LLaMA-style trunk is
+    # norm="rmsnorm", mlp="swiglu", pos_emb="rope", bias=False
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu (4x wide) | swiglu (silu(x W1) * (x W3), then W2; ~8/3x wide)
+    pos_emb: str = "learned"  # learned (added to the input) | rope (rotary, inside attention)
+    rope_theta: float = 10000.0  # rope: base of the rotation frequencies
+    arch: str = "gpt"  # gpt | conv (causal convolution compressor, nanoGPT/conv_model.py)
+    conv_factor: int = 4  # conv: each level shortens the sequence by this factor...
+    conv_levels: int = 1  # ...and doubles the width; needs n_layer >= 2 * conv_levels + 1
+    # progressive diverging (nanoGPT/progressive.py): stage 1 shares one block per group of
+    # progressive_group layers, stage 2 per half group (attention through LoRA), stage 3 none
+    progressive_group: int = 0  # 0 = off; else even and a divisor of n_layer
+    progressive_stage2: float = 0.3  # stage 2 starts at this fraction of progressive_iters
+    progressive_stage3: float = 0.6  # stage 3 starts at this fraction of progressive_iters
+    progressive_iters: int = 0  # iterations the stage fractions refer to; 0 = max_iters
+    lora_rank: int = 4  # progressive stage 2: rank of the attention adapters
+    lora_alpha: float = 8.0  # progressive stage 2: adapters are scaled by lora_alpha / lora_rank
     # output objective, see nanoGPT/variants/
     variant: str = "baseline"
     label_smoothing: float = 0.05  # smooth
@@ -37,6 +54,7 @@ class ModelConfig:
     posterior_init_sigma: float = 1e-3  # bayes variants: initial posterior std
     kl_weight: float = 1.0  # bayes variants: ELBO = E[loss] + kl_weight * KL / kl_num_tokens
     kl_num_tokens: int = 0  # N in the ELBO; 0 = number of training tokens in one epoch
+    bayes_estimator: str = "weight"  # bayes variants: weight (one sample per step) | local (per token)
     bayes_samples: int = 8  # bayes variants: weight samples averaged by evaluation and sampling
 
     def model_args(self) -> ModelConfig:
@@ -50,7 +68,9 @@ class TrainConfig(ModelConfig):
     out_dir: str = "out"
     log_dir: str = "training_logs"  # metrics.jsonl and samples.txt go to <log_dir>/<run_name>/
     run_name: str = ""  # default: the name of out_dir
-    init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | ... | a local HF folder
+    # scratch | resume (newest valid checkpoint in out_dir) | auto (resume if there is one, else
+    # scratch: rerun the same command after a crash) | gpt2 | gpt2-medium | ... | a local HF folder
+    init_from: str = "scratch"
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
@@ -62,10 +82,29 @@ class TrainConfig(ModelConfig):
     wandb_log: bool = False
     wandb_project: str = "nanoGPT-objectives"
     wandb_run_name: str = ""
+    # checkpoints and numerical faults (README: "When things go wrong")
+    checkpoint_interval: int = 0  # also checkpoint every N iterations; 0 = only at evaluations
+    checkpoint_minutes: float = 0.0  # also checkpoint when N minutes passed since the last; 0 = off
+    keep_checkpoints: int = 3  # numbered checkpoints kept (best.pt's is kept as well)
+    max_bad_steps: int = 10  # stop after more than N updates in a row skipped for a NaN/inf
+    debug_nan_at_iter: int = -1  # testing aid: the loss is NaN at this iteration (-1 = off)
+    debug_nan_steps: int = 1  # testing aid: ...and at the N-1 iterations after it
+    debug_save_pause_s: float = 0.0  # testing aid: pause between the steps of a checkpoint save
     # data
     dataset: str = "shakespeare_char"  # a folder under data/
     data_dir: str = ""  # any folder holding train.bin/val.bin; overrides dataset
     batch_size: int = 12  # per process, per micro-step
+    # augmenter: a teacher LM adds extra positive next tokens (multi-hot variants only)
+    augment: bool = False
+    teacher: str = "gpt2"  # a hub name, a local HF folder, or ckpt:<out_dir of a run here>
+    augment_k: int = 50  # candidates per position: the teacher's top k
+    augment_filter: str = "perplexity"  # perplexity | prob | none
+    augment_threshold: float = 100.0  # perplexity filter: keep a candidate below this
+    augment_min_prob: float = 0.01  # prob filter: keep a candidate at least this likely
+    augment_window: int = 64  # perplexity filter: tokens scored around the position
+    augment_positions: str = "one"  # one (random position per sequence) | all | a fraction
+    augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)
+    augment_cache: str = ""  # cache name: <data_dir>/train.aug_<name>.bin; "" = <teacher>-<filter>
     gradient_accumulation_steps: int = 1  # total over all processes
     # optimizer (AdamW) and schedule (warmup + cosine)
     learning_rate: float = 6e-4
@@ -137,7 +176,8 @@ def apply_config(config: C, argv: list[str]) -> C:
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
                 raise UserError(f"config file {arg} not found (arguments are FILE or --key=value)")
-            namespace: dict[str, Any] = {}
+            # __file__ lets a config build on another: exec(open(<sibling>).read())
+            namespace: dict[str, Any] = {"__file__": os.path.abspath(arg)}
             try:
                 exec(compile(open(arg).read(), arg, "exec"), namespace)
             except Exception as err:  # a user's file: report it in one line

@@ -5,9 +5,17 @@ from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.variants.base import Variant
 from nanoGPT.variants.baseline import Baseline
+from nanoGPT.variants.bayes import Bayes
+from nanoGPT.variants.bayes_sigmoid import BayesSigmoid
+from nanoGPT.variants.sigmoid import Sigmoid
+from nanoGPT.variants.smooth import Smooth
 
 VARIANTS: dict[str, type[Variant]] = {
     "baseline": Baseline,
+    "smooth": Smooth,
+    "sigmoid": Sigmoid,
+    "bayes": Bayes,
+    "bayes_sigmoid": BayesSigmoid,
 }
 
 
