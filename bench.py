@@ -2,6 +2,11 @@
 
     python bench.py                                  # all variants, GPT-2 vocabulary, small trunk
     python bench.py --variants=baseline,sigmoid --n_layer=6 --n_embd=384 --device=cuda
+    python bench.py --archs=llama,conv,progressive --variants=baseline   # trunks, see ARCHS
+
+Any ModelConfig key works on the command line (--arch=conv --conv_factor=2, --mlp=swiglu...).
+--archs compares named trunks (ARCHS), each against a GPT-2 trunk of about its parameter
+count: the same width with the number of layers whose trunk parameters come closest.
 
 Each variant runs in a fresh process so its peak memory is its own: RSS on the CPU (and
 the growth of RSS over the process's state before the first step, i.e. what training
@@ -25,10 +30,21 @@ from nanoGPT.model import GPT
 from nanoGPT.train import build_optimizer, setup_runtime
 from nanoGPT.variants import VARIANTS
 
+# the trunks --archs compares: config overrides on top of the bench's own trunk
+ARCHS = {
+    "gpt": [],
+    "llama": ["--norm=rmsnorm", "--mlp=swiglu", "--pos_emb=rope", "--bias=False"],
+    "conv": ["--arch=conv"],
+    "conv2": ["--arch=conv", "--conv_factor=2", "--conv_levels=2", "--n_layer=5"],
+    "progressive": ["--progressive_group=2"],  # measured in stage 1: pairs share a block
+}
+
 
 @dataclass
 class BenchConfig(TrainConfig):
     variants: str = ",".join(VARIANTS)
+    archs: str = ""  # e.g. llama,conv: compare these trunks (ARCHS) with GPT-2 trunks
+    repeats: int = 1  # --archs: measure each trunk this many times, interleaved; report medians
     iters: int = 10
     warmup: int = 3
     extra_positives: int = 8  # sparse extra positives per position for multi-hot variants
@@ -105,6 +121,78 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_child(argv: list[str], variant: str) -> dict:
+    """measure() in a fresh process, so that its peak memory is its own."""
+    proc = subprocess.run([sys.executable, __file__, *argv, f"--child={variant}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"{variant} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def trunk_params(cfg: BenchConfig) -> int:
+    """Parameters of the trunk alone: without the token and position embeddings (the head
+    is tied to the former), which do not depend on the architecture."""
+    model = GPT(cfg.model_args())
+    embeddings = sum(m.weight.numel() for name, m in model.transformer.items()
+                     if name in ("wte", "wpe"))
+    return sum(p.numel() for p in model.parameters()) - embeddings
+
+
+def matching_gpt_layers(cfg: BenchConfig) -> int:
+    """The number of GPT-2 layers (same width) whose trunk is closest to cfg's in size."""
+    gpt = dataclasses.replace(cfg, arch="gpt", progressive_group=0, norm="layernorm",
+                              mlp="gelu", pos_emb="learned", bias=True)
+    one, two = (trunk_params(dataclasses.replace(gpt, n_layer=n)) for n in (1, 2))
+    return max(1, round((trunk_params(cfg) - (2 * one - two)) / (two - one)))
+
+
+def compare_archs(cfg: BenchConfig, argv: list[str], variants: list[str]) -> list[dict]:
+    names = [a for a in cfg.archs.split(",") if a]
+    unknown = [a for a in names if a not in ARCHS]
+    if unknown:
+        raise UserError(f"unknown arch(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
+    layers = {name: matching_gpt_layers(apply_config(cfg, ARCHS[name])) for name in names}
+    # every run, keyed by its extra arguments and variant; repeated rounds interleave them, so
+    # a load spike on a shared machine hits all of them rather than one
+    runs = {}
+    for name in names:
+        for variant in variants:
+            runs[tuple(ARCHS[name]), variant] = []
+            runs[(f"--n_layer={layers[name]}",), variant] = []
+    for _ in range(cfg.repeats):
+        for (extra, variant), measured in runs.items():
+            measured.append(run_child([*argv, *extra], variant))
+
+    def median_run(extra: tuple, variant: str) -> dict:
+        measured = sorted(runs[extra, variant], key=lambda r: r["ms_per_iter"])
+        return measured[len(measured) // 2]
+
+    results = []
+    for name in names:
+        for variant in variants:
+            result = dict(median_run(tuple(ARCHS[name]), variant))
+            reference = median_run((f"--n_layer={layers[name]}",), variant)
+            result.update(arch=name, trunk_params=trunk_params(apply_config(cfg, ARCHS[name])),
+                          ref_layers=layers[name], ref_ms_per_iter=reference["ms_per_iter"],
+                          ref_mem_mb=reference.get("train_mem_mb", reference["peak_mem_mb"]))
+            print(f"  {name}/{variant}: {result['ms_per_iter']:.1f} ms/iter, GPT-2 with "
+                  f"{layers[name]} layers {reference['ms_per_iter']:.1f}", flush=True)
+            results.append(result)
+    lines = ["| arch | variant | trunk params M | ms/iter | train mem MB | GPT-2 layers "
+             "(same size) | its ms/iter | its mem MB | time x | memory x |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        mem = r.get("train_mem_mb", r["peak_mem_mb"])
+        lines.append(
+            f"| {r['arch']} | {r['variant']} | {r['trunk_params'] / 1e6:.2f} | "
+            f"{r['ms_per_iter']:.1f} | {mem:.0f} | {r['ref_layers']} | "
+            f"{r['ref_ms_per_iter']:.1f} | {r['ref_mem_mb']:.0f} | "
+            f"{r['ms_per_iter'] / r['ref_ms_per_iter']:.2f} | {mem / max(r['ref_mem_mb'], 1):.2f} |")
+    print("\n".join(lines))
+    return results
+
+
 @cli
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
@@ -118,13 +206,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     print(f"bench: {cfg.n_layer} layers, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
           f"batch {cfg.batch_size}x{cfg.block_size}, {cfg.iters} timed iters after {cfg.warmup}")
+    if cfg.archs:
+        return compare_archs(cfg, argv, variants)
     results = []
     for variant in variants:
-        proc = subprocess.run([sys.executable, __file__, *argv, f"--child={variant}"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"{variant} failed: {proc.stderr.strip().splitlines()[-1:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(run_child(argv, variant))
         print(f"  {variant}: {results[-1]['ms_per_iter']:.1f} ms/iter", flush=True)
     print(table(results))
     return results

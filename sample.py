@@ -11,12 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoGPT.checkpoint import checkpoint_path, load_model
+from nanoGPT.checkpoint import checkpoint_path, checkpoint_tokenizer, load_model
 from nanoGPT.config import apply_config
-from nanoGPT.data import resolve_data_dir
 from nanoGPT.errors import UserError, cli
 from nanoGPT.sampling import generate
-from nanoGPT.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -52,8 +50,7 @@ def sample(cfg: SampleConfig) -> list[str]:
     path = checkpoint_path(cfg.out_dir, cfg.ckpt)
     overrides = {"bayes_samples": cfg.bayes_samples} if cfg.bayes_samples else {}
     model, ckpt = load_model(path, device, expect_variant=cfg.variant or None, **overrides)
-    train_cfg = ckpt["config"]
-    tokenizer = load_tokenizer(resolve_data_dir(train_cfg["dataset"], train_cfg["data_dir"]))
+    tokenizer = checkpoint_tokenizer(ckpt)
     ids = tokenizer.encode(read_prompt(cfg.start))
     if not ids:
         raise UserError("the prompt encodes to no tokens")

@@ -1,15 +1,30 @@
-"""Checkpoints: written atomically, loaded without running code.
+"""Checkpoints: numbered, checksummed, written atomically, loaded without running code.
+
+A run's out_dir holds
+
+    ckpt-000120.pt           a checkpoint (here of iteration 120); the newest
+                             `keep_checkpoints` of them are kept
+    ckpt-000120.pt.sha256    its SHA-256 in `sha256sum` format (`sha256sum -c` checks it)
+    ckpt.pt -> ckpt-000120.pt    a symbolic link to the newest checkpoint
+    best.pt -> ckpt-000100.pt    a symbolic link to the best evaluated one (never rotated away)
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads with
-`torch.load(weights_only=True)`: a crafted file cannot execute code. It is written to a
-temporary file in the same folder and moved into place with `os.replace`, so a crash
-mid-write leaves the previous checkpoint intact.
+`torch.load(weights_only=True)`: a crafted file cannot execute code. Every file is written to
+a temporary file in the same folder and moved into place with `os.replace`, the checksum
+before the checkpoint it describes, so a process killed at any moment leaves each name
+either absent, or old and whole, or new and whole; a checkpoint is never without its checksum.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
-import pickle
-import tempfile
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,39 +34,242 @@ from nanoGPT.errors import UserError
 
 FORMAT = "nanoGPT-objectives/1"
 LAST, BEST = "ckpt.pt", "best.pt"
+CHECKSUM_SUFFIX = ".sha256"
+TEMP_PREFIX = ".tmp-"
+_NUMBERED = re.compile(r"ckpt-(\d+)\.pt")
+
+
+def numbered_checkpoint_path(out_dir: str, iter_num: int) -> str:
+    return os.path.join(out_dir, f"ckpt-{iter_num:06d}.pt")
+
+
+def checkpoint_path(out_dir: str, which: str = "last") -> str:
+    """out_dir/ckpt.pt (the newest checkpoint) or out_dir/best.pt."""
+    return os.path.join(out_dir, BEST if which == "best" else LAST)
+
+
+def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
+    """(iteration, path) of the numbered checkpoints in out_dir, oldest first."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(out_dir, name))
+             for name in os.listdir(out_dir) if (m := _NUMBERED.fullmatch(name))]
+    return sorted(found)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: str) -> None:
+    # makes the renames themselves durable; not every platform can open a folder
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(folder: str, write: Callable[[Any], None]) -> str:
+    """A temporary file in `folder` holding what `write(f)` wrote, flushed to disk."""
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.pt")
+    # mode 0o666 less the umask, the permissions a plain open() gives (mkstemp's are 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return tmp
+
+
+def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    tmp = _write_temp(os.path.dirname(os.path.abspath(path)), write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    """torch.save(obj, path) through a temporary file: `path` is never half-written."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _point_link(link: str, target: str) -> None:
+    """Make `link` a symbolic link to `target` (same folder), atomically; a copy where the
+    file system has no symbolic links."""
+    folder = os.path.dirname(link)
+    tmp = os.path.join(folder, f"{TEMP_PREFIX}link-{os.getpid()}-{os.path.basename(link)}")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.symlink(os.path.basename(target), tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, link)
+
+
+def save_checkpoint(state: dict[str, Any], out_dir: str, iter_num: int, best: bool = False,
+                    keep: int = 3, pause_s: float = 0.0) -> str:
+    """Write `state` as out_dir/ckpt-<iter_num>.pt with its checksum, point ckpt.pt (and
+    best.pt when `best`) at it and delete numbered checkpoints beyond the newest `keep`
+    (best.pt's is kept too). Returns the path written.
+
+    `pause_s` pauses between the steps, a testing aid that lets a test kill the process in
+    the middle of a save.
+    """
+    def pause() -> None:
+        if pause_s > 0:
+            time.sleep(pause_s)
+
+    path = numbered_checkpoint_path(out_dir, iter_num)
+    tmp = _write_temp(out_dir, lambda f: torch.save(state, f))
+    try:
+        pause()
+        # the checksum goes first: a checkpoint name without its checksum never exists
+        checksum_line = f"{sha256_of(tmp)}  {os.path.basename(path)}\n".encode()
+        _atomic_write(path + CHECKSUM_SUFFIX, lambda f: f.write(checksum_line))
+        pause()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(out_dir)
+    pause()
+    if best:
+        _point_link(checkpoint_path(out_dir, "best"), path)
+        pause()
+    _point_link(checkpoint_path(out_dir, "last"), path)
+    pause()
+    _remove_old_checkpoints(out_dir, keep)
+    return path
 
 
-def checkpoint_path(out_dir: str, which: str = "last") -> str:
-    return os.path.join(out_dir, BEST if which == "best" else LAST)
+def _remove_old_checkpoints(out_dir: str, keep: int) -> None:
+    numbered = list_checkpoints(out_dir)
+    linked = {os.path.realpath(checkpoint_path(out_dir, which)) for which in ("last", "best")}
+    for _, path in numbered[:-keep] if keep > 0 else numbered:
+        if os.path.realpath(path) not in linked:
+            os.remove(path)  # the checkpoint first: a leftover checksum alone is harmless
+            if os.path.exists(path + CHECKSUM_SUFFIX):
+                os.remove(path + CHECKSUM_SUFFIX)
+    for name in os.listdir(out_dir):  # checksums whose save was killed before the checkpoint
+        if name.endswith(CHECKSUM_SUFFIX) and _NUMBERED.fullmatch(name[:-len(CHECKSUM_SUFFIX)]):
+            orphan = os.path.join(out_dir, name)
+            if not os.path.exists(orphan[:-len(CHECKSUM_SUFFIX)]):
+                os.remove(orphan)
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    if not os.path.isfile(path):
+def remove_temp_files(out_dir: str) -> list[str]:
+    """Delete the temporary files a killed save left in out_dir; returns their names."""
+    if not os.path.isdir(out_dir):
+        return []
+    stale = [name for name in os.listdir(out_dir) if name.startswith(TEMP_PREFIX)]
+    for name in stale:
+        os.remove(os.path.join(out_dir, name))
+    return stale
+
+
+def verify_checksum(path: str) -> bool:
+    """Check `path` against the .sha256 file beside the file it resolves to.
+
+    True if it matches, False if there is no checksum file; UserError if it does not match.
+    """
+    real = os.path.realpath(path)
+    checksum_file = real + CHECKSUM_SUFFIX
+    if not os.path.isfile(checksum_file):
+        return False
+    with open(checksum_file, "rb") as f:
+        expected = f.read(64).decode("ascii", errors="replace").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise UserError(f"{checksum_file} is not a SHA-256 checksum file")
+    if sha256_of(real) != expected:
+        raise UserError(f"{path} fails its checksum ({checksum_file}): the file is damaged "
+                        "or was changed after it was written")
+    return True
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
+                    require_checksum: bool = False) -> dict[str, Any]:
+    """Load a checkpoint of this framework, as data only (never code).
+
+    Its checksum is verified when it has one (and required with `require_checksum`). A
+    missing, damaged, foreign or hostile file is a UserError naming it.
+    """
+    if not os.path.lexists(path):
         raise UserError(f"checkpoint {path} not found")
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint {path} links to {os.readlink(path)}, which is missing")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} is not a file")
+    if not verify_checksum(path) and require_checksum:
+        raise UserError(f"{path} has no checksum file ({os.path.basename(path)}"
+                        f"{CHECKSUM_SUFFIX}) beside it")
     try:
+        # weights_only: tensors, numbers, strings and containers; any other object in the
+        # pickle (the way a crafted file would run code) is refused before it is built
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    except Exception as err:  # a damaged or foreign file can fail in many ways; all mean "not ours"
+        text = str(err).strip()
+        first = text.splitlines()[0][:160] if text else type(err).__name__
         raise UserError(f"{path} is not a readable checkpoint of this framework ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this framework")
     return ckpt
+
+
+def find_resume_checkpoint(out_dir: str, report: Callable[[str], None] | None = None,
+                           set_aside: bool = False) -> tuple[str, dict[str, Any]] | None:
+    """The newest valid checkpoint in out_dir as (path, checkpoint), or None if there is none.
+
+    Numbered checkpoints are tried newest first; each must match its checksum and load. One
+    that does not is reported (one line through `report`) and skipped for the previous one,
+    never used and never deleted: with `set_aside` it is renamed to <name>.invalid-<time>, so
+    that a later save of the same iteration cannot overwrite the evidence. A plain ckpt.pt
+    (copied in by hand, no checksum) is the last candidate.
+    """
+    candidates = [(path, True) for _, path in reversed(list_checkpoints(out_dir))]
+    last = checkpoint_path(out_dir, "last")
+    if os.path.isfile(last) and not os.path.islink(last):
+        candidates.append((last, False))
+    for path, numbered in candidates:
+        try:
+            return path, load_checkpoint(path, "cpu", require_checksum=numbered)
+        except UserError as err:
+            note = "skipped"
+            if set_aside:
+                try:
+                    note = f"skipped and kept as {_set_aside(path)}"
+                except OSError as move_err:
+                    note = f"skipped (could not rename it: {move_err.strerror})"
+            if report is not None:
+                report(f"{err}; {note}")
+    return None
+
+
+def _set_aside(path: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = f"{path}.invalid-{stamp}"
+    os.replace(path, moved)
+    if os.path.exists(path + CHECKSUM_SUFFIX):
+        os.replace(path + CHECKSUM_SUFFIX, f"{path}{CHECKSUM_SUFFIX}.invalid-{stamp}")
+    return moved
 
 
 def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> ModelConfig:
@@ -66,8 +284,6 @@ def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> 
 def load_model(path: str, device: str = "cpu", expect_variant: str | None = None,
                **overrides: Any):
     """Rebuild the GPT stored in a checkpoint (its own variant and config), in eval mode."""
-    import dataclasses
-
     from nanoGPT.model import GPT
 
     ckpt = load_checkpoint(path, map_location=device)
@@ -75,3 +291,55 @@ def load_model(path: str, device: str = "cpu", expect_variant: str | None = None
     model = GPT(config)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+# --- the vocabulary a checkpoint was trained on -------------------------------------------
+
+def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer's ids, saved in a checkpoint: its kind and size, and for a
+    character vocabulary the characters in id order."""
+    record: dict[str, Any] = {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+    if tokenizer.kind == "char":
+        record["chars"] = "".join(tokenizer.itos[i] for i in range(tokenizer.vocab_size))
+    return record
+
+
+def _describe(record: dict[str, Any]) -> str:
+    if record.get("kind") == "char":
+        return f"{record['vocab_size']} characters"
+    if record.get("kind") == "gpt2":
+        return f"GPT-2 BPE ({record['vocab_size']} ids)"
+    return f"{record['vocab_size']} token ids"
+
+
+def check_tokenizer(ckpt: dict[str, Any], tokenizer: Any, data_dir: str) -> None:
+    """UserError unless `tokenizer` (of data_dir) gives ids the meaning the checkpoint learned."""
+    saved = ckpt.get("tokenizer") or {"vocab_size": ckpt["model_args"]["vocab_size"]}
+    current = tokenizer_record(tokenizer)
+    same = all(saved[key] == current.get(key) for key in saved)
+    if not same:
+        detail = ""
+        if saved.get("kind") == current["kind"] == "char" and \
+                saved["vocab_size"] == current["vocab_size"]:
+            detail = " (the same number, but other characters or another order)"
+        raise UserError(f"the vocabulary of {data_dir} ({_describe(current)}) is not the one the "
+                        f"checkpoint was trained on ({_describe(saved)}){detail}: use the data "
+                        "folder the model was trained on (--data_dir), or prepare it again")
+
+
+def checkpoint_tokenizer(ckpt: dict[str, Any], data_dir: str = "") -> Any:
+    """The tokenizer of the data the checkpoint was trained on (or of `data_dir`), checked to
+    match the checkpoint's vocabulary: what sampling and comparison should decode with."""
+    from nanoGPT.data import resolve_data_dir
+    from nanoGPT.tokenizer import load_tokenizer
+
+    train_cfg = ckpt["config"]
+    data_dir = data_dir or resolve_data_dir(train_cfg["dataset"], train_cfg["data_dir"])
+    tokenizer = load_tokenizer(data_dir)
+    check_tokenizer(ckpt, tokenizer, data_dir)
+    return tokenizer
+
+
+def warn(line: str) -> None:
+    """A one-line warning on stderr."""
+    print(f"warning: {line}", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nanoGPT.errors import UserError
+from nanoGPT.tokenizer import META_FILE, Tokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -29,6 +30,27 @@ def resolve_data_dir(dataset: str, data_dir: str = "") -> str:
 def prepare_hint(data_dir: str) -> str:
     script = os.path.join(data_dir, "prepare.py")
     return f"; run python {script} first" if os.path.isfile(script) else ""
+
+
+SCAN_ALL_TOKENS = 128 << 20  # token files up to this size (256 MB) are checked whole
+SAMPLE_CHUNKS, CHUNK_TOKENS = 64, 1 << 20  # larger ones: 64 chunks of 2 MB, evenly spread
+DTYPE_PROBE_TOKENS = 1 << 16
+
+
+def _chunks(data: np.ndarray) -> list[np.ndarray]:
+    if len(data) <= SCAN_ALL_TOKENS:
+        return [data[i: i + CHUNK_TOKENS] for i in range(0, len(data), CHUNK_TOKENS)]
+    starts = np.linspace(0, len(data) - CHUNK_TOKENS, SAMPLE_CHUNKS).astype(np.int64)
+    return [data[s: s + CHUNK_TOKENS] for s in starts]
+
+
+def vocabulary_name(tokenizer: Tokenizer, data_dir: str) -> str:
+    """How an error names a data folder's tokenizer."""
+    if tokenizer.kind == "char":
+        return f"the character vocabulary of {os.path.join(data_dir, META_FILE)}"
+    if tokenizer.kind == "gpt2":
+        return f"GPT-2 BPE (no {META_FILE} in {data_dir})"
+    return f"the {tokenizer.kind} tokenizer of {data_dir}"
 
 
 @dataclass
@@ -48,6 +70,7 @@ class TokenData:
         if not os.path.isfile(self.path("train")):
             raise UserError(f"no training data: {self.path('train')} not found{prepare_hint(data_dir)}")
         for split in self.splits():
+            self._check_byte_count(split)
             if self.num_tokens(split) <= block_size:
                 raise UserError(
                     f"{self.path(split)} has {self.num_tokens(split)} tokens, "
@@ -67,10 +90,33 @@ class TokenData:
         # A fresh memmap per call: a long-lived one lets the page cache count against RSS.
         if not self.has_split(split):
             raise UserError(f"split {split!r} not found: {self.path(split)}{prepare_hint(self.data_dir)}")
-        size = os.path.getsize(self.path(split))
-        if size % 2:
-            raise UserError(f"{self.path(split)} has an odd number of bytes: not uint16 token ids")
+        self._check_byte_count(split)
         return np.memmap(self.path(split), dtype=np.uint16, mode="r")
+
+    def _check_byte_count(self, split: str) -> None:
+        if os.path.getsize(self.path(split)) % 2:
+            raise UserError(f"{self.path(split)} has an odd number of bytes: not uint16 token "
+                            f"ids{prepare_hint(self.data_dir)}")
+
+    def check_token_ids(self, vocab_size: int, vocabulary: str) -> None:
+        """UserError if a split holds ids the tokenizer does not have (the .bin and meta.pkl come
+        from different prepare runs) or looks written with a wider dtype than uint16.
+
+        Files up to SCAN_ALL_TOKENS tokens are read whole; larger ones at SAMPLE_CHUNKS evenly
+        spread chunks, so the check stays a second or two on a multi-GB train.bin.
+        """
+        for split in self.splits():
+            data = self.tokens(split)
+            head = np.asarray(data[:DTYPE_PROBE_TOKENS])
+            if len(head) >= 1024 and (head[1::2] == 0).mean() > 0.9 and (head[::2] == 0).mean() < 0.5:
+                raise UserError(f"{self.path(split)} looks like 32- or 64-bit token ids (every "
+                                f"second uint16 is 0); .bin files hold uint16 ids"
+                                f"{prepare_hint(self.data_dir)}")
+            largest = max(int(chunk.max()) for chunk in _chunks(data))
+            if largest >= vocab_size:
+                raise UserError(f"{self.path(split)} holds token id {largest}, but {vocabulary} has "
+                                f"{vocab_size} ids: the .bin files and the tokenizer come from "
+                                f"different prepare runs{prepare_hint(self.data_dir)}")
 
     def num_tokens(self, split: str) -> int:
         return os.path.getsize(self.path(split)) // 2

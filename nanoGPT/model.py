@@ -1,9 +1,12 @@
-"""The GPT model: a GPT-2 trunk that returns hidden states, and the variant's output head.
+"""The GPT model: a trunk that returns hidden states, and the variant's output head.
 
-The trunk is the whole of GPT-2 except the output layer: token + learned position
+The default trunk is the whole of GPT-2 except the output layer: token + learned position
 embeddings, pre-LayerNorm blocks (causal self-attention, GELU MLP), a final LayerNorm.
+ModelConfig switches in the LLaMA-style layers (RMSNorm, SwiGLU, rotary positions, no
+biases; nanoGPT/layers.py), the convolution-compressor trunk (arch="conv",
+nanoGPT/conv_model.py) and progressive diverging of the depth (nanoGPT/progressive.py).
 What turns hidden states into a loss and a distribution is the variant's job
-(nanoGPT/variants/), so that every objective trains on the same trunk.
+(nanoGPT/variants/), so that every objective trains on every trunk.
 """
 from __future__ import annotations
 
@@ -11,74 +14,40 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from nanoGPT import progressive
 from nanoGPT.config import ModelConfig
+from nanoGPT.conv_model import ConvCompressor
 from nanoGPT.errors import UserError
+from nanoGPT.layers import MLP, Block, CausalSelfAttention, Rotary, make_norm  # noqa: F401
 from nanoGPT.variants import build_variant
 
 # A KV cache is one (keys, values) pair per layer, each (B, n_head, T_past, head_dim).
+# The conv trunk keeps the token ids seen so far in it instead (it recomputes, see below).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
-
-    def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        mask, is_causal = None, True
-        if past is not None and past[0].size(2) > 0:
-            is_causal = False
-            if T > 1:  # queries at the end of a longer key sequence: mask by absolute position
-                t_all = k.size(2)
-                mask = torch.ones(T, t_all, dtype=torch.bool, device=x.device).tril(t_all - T)
-        # SDPA scales by head_dim ** -0.5
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+NORMS, MLPS, POS_EMBS, ARCHS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), \
+    ("learned", "rope"), ("gpt", "conv")
 
 
-class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
-
-
-class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(self, x, past=None):
-        attn_out, present = self.attn(self.ln_1(x), past)
-        x = x + attn_out
-        x = x + self.mlp(self.ln_2(x))
-        return x, present
+def check_architecture(config: ModelConfig) -> None:
+    """UserError (one line) for a trunk configuration that cannot be built."""
+    for key, allowed in (("norm", NORMS), ("mlp", MLPS), ("pos_emb", POS_EMBS), ("arch", ARCHS)):
+        if getattr(config, key) not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
+    if config.n_embd % config.n_head:
+        raise UserError(f"n_embd={config.n_embd} must be a multiple of n_head={config.n_head}")
+    if config.pos_emb == "rope" and (config.n_embd // config.n_head) % 2:
+        raise UserError(f"pos_emb=rope needs an even head size, not {config.n_embd // config.n_head}")
+    if config.arch == "conv":
+        if config.conv_factor < 2 or config.conv_levels < 1:
+            raise UserError(f"arch=conv needs conv_factor >= 2 and conv_levels >= 1, got "
+                            f"{config.conv_factor} and {config.conv_levels}")
+        if config.n_layer < 2 * config.conv_levels + 1:
+            raise UserError(f"arch=conv with conv_levels={config.conv_levels} needs n_layer >= "
+                            f"{2 * config.conv_levels + 1} (a block before and after each level, "
+                            f"at least one at the bottom), got {config.n_layer}")
+    progressive.check_config(config)
 
 
 class GPT(nn.Module):
@@ -86,14 +55,28 @@ class GPT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        check_architecture(config)
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        modules: dict[str, nn.Module] = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules["drop"] = nn.Dropout(config.dropout)
+        if config.arch == "conv":
+            modules["conv"] = ConvCompressor(config)
+        else:
+            modules["h"] = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        modules["ln_f"] = make_norm(config, config.n_embd)
+        self.transformer = nn.ModuleDict(modules)
+        if config.pos_emb == "rope":
+            self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_theta)
+        # the conv trunk recomputes the whole sequence for each new token (see hidden_states)
+        self.supports_kv_cache = config.arch == "gpt"
+        self.stage = 3  # progressive diverging: every layer its own block unless it is on
+        if config.progressive_group:
+            self.stage = 1
+            # a buffer, so checkpoints carry the stage; self.stage mirrors it as a Python int
+            self.register_buffer("progressive_stage", torch.tensor(1))
+            self.register_load_state_dict_post_hook(GPT._stage_from_buffer)
         self.variant = build_variant(config)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -117,21 +100,70 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, n_embd). With `kv_cache` (a list, filled in place),
         idx holds only the new tokens and positions continue after the cached ones."""
+        if self.config.arch == "conv":
+            return self._conv_hidden_states(idx, kv_cache)
         B, T = idx.shape
         start = kv_cache[0][0].size(2) if kv_cache else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens > block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self._embed(idx, start)
+        rope = self.rotary.tables(start, T) if self.config.pos_emb == "rope" else None
         cached = bool(kv_cache)
-        for i, block in enumerate(self.transformer.h):
-            x, present = block(x, kv_cache[i] if cached else None)
+        for i, block in enumerate(self.layer_blocks()):
+            x, present = block(x, kv_cache[i] if cached else None, rope)
             if kv_cache is not None:
                 if cached:
                     kv_cache[i] = present
                 else:
                     kv_cache.append(present)
         return self.transformer.ln_f(x)
+
+    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        x = self.transformer.wte(idx)
+        if self.config.pos_emb == "learned":
+            pos = torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        return self.transformer.drop(x)
+
+    def _conv_hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+        # Compressed positions summarise groups of tokens, so a new token would need partial
+        # groups cached; instead the "cache" holds the token ids so far and every call
+        # recomputes the whole sequence, returning the new positions. Same API, same results.
+        new = idx.size(1)
+        if kv_cache:
+            idx = torch.cat([kv_cache[0][0], idx], dim=1)
+        if kv_cache is not None:
+            kv_cache[:] = [(idx, idx)]
+        if idx.size(1) > self.config.block_size:
+            raise ValueError(f"sequence of {idx.size(1)} tokens > block_size {self.config.block_size}")
+
+        def level_rope(length: int):  # each level counts its own positions from 0
+            return self.rotary.tables(0, length) if self.config.pos_emb == "rope" else None
+
+        x = self.transformer.conv(self._embed(idx), level_rope)
+        return self.transformer.ln_f(x[:, -new:])
+
+    def layer_blocks(self) -> list[nn.Module]:
+        """The block each layer runs through at the current progressive stage."""
+        if not self.config.progressive_group:
+            return list(self.transformer.h)
+        return progressive.layer_blocks(self.transformer.h, self.config.progressive_group,
+                                        self.stage)
+
+    def set_progressive_stage(self, stage: int) -> None:
+        """Advance progressive diverging to `stage` (copying blocks, see nanoGPT/progressive.py).
+        Stages only advance: asking for an earlier one than the current changes nothing."""
+        if not self.config.progressive_group or stage <= self.stage:
+            return
+        progressive.advance(self.transformer.h, self.config.progressive_group, self.stage, stage)
+        self.stage = stage
+        self.progressive_stage.fill_(stage)
+
+    @staticmethod
+    def _stage_from_buffer(module: GPT, incompatible_keys) -> None:
+        module.stage = int(module.progressive_stage)
+        progressive.set_lora_flags(module.transformer.h, module.config.progressive_group,
+                                   module.stage)
 
     def forward(self, idx, targets=None, extra_positives=None):
         hidden = self.hidden_states(idx)
@@ -141,7 +173,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -172,6 +204,7 @@ class GPT(nn.Module):
         config = dataclasses.replace(
             config, n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd,
             block_size=hf.n_positions, vocab_size=hf.vocab_size, bias=True,
+            norm="layernorm", mlp="gelu", pos_emb="learned", arch="gpt", progressive_group=0,
         )
         model = cls(config)
         ours = model.state_dict()

@@ -76,7 +76,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(char_data, tmp_path
     with pytest.raises(KeyboardInterrupt):
         checkpoint.atomic_torch_save({"format": checkpoint.FORMAT}, path)
     assert load_checkpoint(path)["iter_num"] == before
-    assert sorted(os.listdir(cfg.out_dir)) == ["best.pt", "ckpt.pt"]  # no temp file left
+    assert not [n for n in os.listdir(cfg.out_dir) if n.startswith(".tmp")]  # no temp file left
 
 
 def test_resume_as_another_variant_is_a_clear_error(char_data, tmp_path):

@@ -1,0 +1,116 @@
+"""Show what the augmenter does to one sentence: the teacher's candidates for one target token,
+their probabilities and window perplexities, and which ones the filter keeps.
+
+    python augment_demo.py --teacher=gpt2 --text="The boy went to the [park] to play."
+    python augment_demo.py --teacher=ckpt:out/baseline-shakespeare --augment_filter=prob
+    python augment_demo.py --teacher=ckpt:out/baseline-shakespeare-char --text="ROMEO: my [l]ord"
+
+The token in [brackets] (its first token) is the target; what precedes it is the context and
+what follows it is scored by the perplexity filter. Without brackets the target is the last
+token. The tokenizer is the teacher's: GPT-2 BPE for a Hugging Face teacher, the data of its
+training run for ckpt:<out_dir> (or --data_dir).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from augmentation.data_augmentation import (
+    CKPT_PREFIX,
+    AugmentSettings,
+    DataAugmenter,
+    checkpoint_file,
+    load_teacher,
+)
+from nanoGPT.checkpoint import checkpoint_tokenizer, load_checkpoint
+from nanoGPT.config import apply_config
+from nanoGPT.errors import UserError, cli
+from nanoGPT.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
+
+
+@dataclass
+class DemoConfig:
+    teacher: str = "gpt2"  # hub name, local HF folder, or ckpt:<out_dir>
+    data_dir: str = ""  # whose tokenizer; "" = the teacher's own
+    text: str = "The boy went to the [park] to play with his friends."
+    augment_k: int = 10
+    augment_filter: str = "perplexity"  # perplexity | prob | none: decides "kept"
+    augment_threshold: float = 100.0
+    augment_min_prob: float = 0.01
+    augment_window: int = 64
+    device: str = "auto"
+
+
+def demo_tokenizer(cfg: DemoConfig) -> Tokenizer:
+    if cfg.data_dir:
+        return load_tokenizer(cfg.data_dir)
+    if cfg.teacher.startswith(CKPT_PREFIX):
+        path = checkpoint_file(cfg.teacher[len(CKPT_PREFIX):])
+        return checkpoint_tokenizer(load_checkpoint(path))
+    return gpt2_tokenizer()
+
+
+def encode_marked(tokenizer: Tokenizer, text: str) -> tuple[list[int], int]:
+    """Token ids of `text` without its brackets, and the index of the target: the token that
+    holds the first bracketed character (" park" in GPT-2 BPE, "p" in characters)."""
+    marked = re.search(r"\[(.+?)\]", text)
+    if marked is None:
+        ids = tokenizer.encode(text)
+        return ids, len(ids) - 1
+    before = text[:marked.start()]
+    ids = tokenizer.encode(before + marked.group(1) + text[marked.end():])
+    for end in range(1, len(ids) + 1):
+        if len(tokenizer.decode(ids[:end])) > len(before):
+            return ids, end - 1
+    return ids, len(ids) - 1
+
+
+def run_demo(cfg: DemoConfig) -> list[dict]:
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = AugmentSettings.from_config(cfg)
+    tokenizer = demo_tokenizer(cfg)
+    teacher = load_teacher(settings.teacher, device, tokenizer, cfg.data_dir or "the data")
+    ids, target = encode_marked(tokenizer, cfg.text)
+    if target < 1 or target >= len(ids):
+        raise UserError("the text needs at least one token of context before the target")
+    if len(ids) - 1 > teacher.block_size:
+        raise UserError(f"the text is {len(ids)} tokens, more than the teacher's context "
+                        f"of {teacher.block_size}")
+    row = torch.tensor([ids], device=device)
+    augmenter = DataAugmenter(teacher, settings)
+    proposal = augmenter.propose(row[:, :-1], row[:, 1:], np.array([[target - 1]]),
+                                 score_windows=True)
+    show = lambda token_ids: repr(tokenizer.decode(token_ids))
+    print(f"teacher {teacher.name}, filter {settings.filter}, top {settings.k}")
+    print(f"context {show(ids[:target])} -> true next token {show(ids[target:target + 1])}, "
+          f"then {show(ids[target + 1:])}")
+    print(f"{'rank':>4}  {'candidate':<16} {'prob':>8} {'window ppl':>11}  kept")
+    rows = []
+    for rank in range(settings.k):
+        candidate = int(proposal.ids[0, 0, rank])
+        prob = float(proposal.log_probs[0, 0, rank].exp())
+        ppl = float(proposal.perplexity[0, 0, rank])
+        kept = bool(proposal.keep[0, 0, rank])
+        true = "  (true)" if candidate == ids[target] else ""
+        print(f"{rank + 1:>4}  {show([candidate]):<16} {prob:>8.4f} {ppl:>11.2f}  "
+              f"{'yes' if kept else 'no'}{true}")
+        rows.append({"id": candidate, "token": tokenizer.decode([candidate]), "prob": prob,
+                     "window_ppl": ppl, "kept": kept})
+    kept_tokens = [show([r["id"]]) for r in rows if r["kept"]]
+    print(f"kept {len(kept_tokens)} of {settings.k}: {', '.join(kept_tokens)}")
+    return rows
+
+
+@cli
+def main(argv: list[str] | None = None) -> list[dict]:
+    return run_demo(apply_config(DemoConfig(), sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""A cache of the augmenter's candidates: the teacher runs once over train.bin, training reads.
+
+    python augment_cache.py config/train_sigmoid_shakespeare_char.py     # the training config
+    python augment_cache.py --dataset=shakespeare --teacher=gpt2 --augment_filter=prob
+
+Files, next to train.bin (`<name>` = augment_cache, default "<teacher>-<filter>"):
+  train.aug_<name>.bin   (num_tokens, k) ids, row j = the kept candidates for token j as a
+                         target; uint16 with pad 65535 (int32 with pad -1 for vocabularies
+                         over 65535 ids); row 0 (no context) is all pad.
+  train.aug_<name>.json  the settings and data fingerprint that made it, and build progress.
+
+Context. train.bin is cut into consecutive blocks of block_size + 1 tokens overlapping by one
+(x = tokens[i*T : i*T+T], y = tokens[i*T+1 : i*T+T+1]) and every target of every block gets
+its candidates, exactly as the online augmenter computes them for a training window that
+starts at i*T. A training window starting elsewhere reads candidates computed with the cache
+block's context rather than its own (the same tokens before it, cut at another place).
+
+Positions. The cache holds candidates for every position; augment_positions (one, all, a
+fraction) is applied when a batch is read, with the same choice the online augmenter makes.
+
+A cache is refused, with what differs, when the run asks for other candidate settings (teacher,
+k, filter and its parameters, block_size), when train.bin is not the data it was made from, or
+when the teacher checkpoint changed since. The build writes in chunks and records progress
+after each, so an interrupted build continues where it stopped when run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from augmentation.data_augmentation import (
+    CKPT_PREFIX,
+    AugmentSettings,
+    DataAugmenter,
+    check_teacher_fits,
+    checkpoint_file,
+    load_teacher,
+    select_positions,
+    to_device,
+)
+from nanoGPT.config import TrainConfig
+from nanoGPT.data import Batch, prepare_hint, resolve_data_dir
+from nanoGPT.errors import UserError
+from nanoGPT.tokenizer import load_tokenizer
+
+CACHE_FORMAT = "nanoGPT-objectives/augment-cache/1"
+# fingerprint: the whole file up to this size, else this many evenly spaced samples
+_HASH_WHOLE_BYTES = 1 << 22
+_HASH_SAMPLES, _HASH_SAMPLE_BYTES = 64, 1 << 16
+# seconds between progress records of a build: an fsync per teacher pass would dominate
+# the build time of a small teacher; an interrupted build loses at most this much work
+PROGRESS_EVERY_S = 5.0
+
+
+def cache_name(cfg: TrainConfig) -> str:
+    if cfg.augment_cache:
+        return cfg.augment_cache
+    teacher = cfg.teacher[len(CKPT_PREFIX):] if cfg.teacher.startswith(CKPT_PREFIX) else cfg.teacher
+    base = os.path.basename(os.path.normpath(teacher)) or "teacher"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base}-{cfg.augment_filter}")
+
+
+def cache_paths(data_dir: str, name: str) -> tuple[str, str]:
+    """(train.aug_<name>.bin, train.aug_<name>.json) in `data_dir`."""
+    stem = os.path.join(data_dir, f"train.aug_{name}")
+    return stem + ".bin", stem + ".json"
+
+
+def file_fingerprint(path: str) -> str:
+    """"<size>:<sha256 prefix>" of the whole file up to 4 MiB, else of 64 evenly spaced
+    64 KiB samples (first and last included): cheap at every training start, and any
+    re-tokenisation or other corpus changes it."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= _HASH_WHOLE_BYTES:
+            digest.update(f.read())
+        else:
+            for offset in np.linspace(0, size - _HASH_SAMPLE_BYTES, _HASH_SAMPLES).astype(np.int64):
+                f.seek(int(offset))
+                digest.update(f.read(_HASH_SAMPLE_BYTES))
+    return f"{size}:{digest.hexdigest()[:32]}"
+
+
+def storage_of(vocab_size: int) -> tuple[np.dtype, int]:
+    """The id dtype of a cache and its pad value."""
+    if vocab_size <= np.iinfo(np.uint16).max:  # every id < 65535, so 65535 is free
+        return np.dtype(np.uint16), int(np.iinfo(np.uint16).max)
+    return np.dtype(np.int32), -1
+
+
+def _teacher_fingerprint(teacher: str) -> str | None:
+    """A checkpoint teacher's file fingerprint (None for hub/HF teachers, or when absent)."""
+    if not teacher.startswith(CKPT_PREFIX):
+        return None
+    path = checkpoint_file(teacher[len(CKPT_PREFIX):])
+    return file_fingerprint(path) if os.path.isfile(path) else None
+
+
+def cache_identity(cfg: TrainConfig, settings: AugmentSettings, vocab_size: int,
+                   train_path: str) -> dict[str, Any]:
+    """Everything that decides a cache's contents, as recorded in its JSON."""
+    dtype, pad = storage_of(vocab_size)
+    return {
+        "settings": {**settings.candidate_settings(), "block_size": cfg.block_size},
+        "teacher_checkpoint": _teacher_fingerprint(settings.teacher),
+        "vocab_size": vocab_size,
+        "data": {"file": os.path.basename(train_path),
+                 "num_tokens": os.path.getsize(train_path) // 2,
+                 "fingerprint": file_fingerprint(train_path)},
+        "storage": {"dtype": dtype.name, "pad": pad, "k": settings.k},
+    }
+
+
+def _write_json(path: str, record: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == CACHE_FORMAT else None
+
+
+def _train_path(data_dir: str) -> str:
+    path = os.path.join(data_dir, "train.bin")
+    if not os.path.isfile(path):
+        raise UserError(f"no training data: {path} not found{prepare_hint(data_dir)}")
+    return path
+
+
+def _device(cfg: TrainConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
+    """Run the teacher over the whole train.bin and write the cache; continue an interrupted
+    build with the same settings, replace a cache made with other ones. Returns the .bin path."""
+    from tqdm import tqdm
+
+    settings = AugmentSettings.from_config(cfg)
+    data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir)
+    train_path = _train_path(data_dir)
+    tokenizer = load_tokenizer(data_dir)
+    device = _device(cfg)
+    teacher = load_teacher(settings.teacher, device, tokenizer, data_dir)
+    check_teacher_fits(teacher, settings, cfg.block_size)
+    augmenter = DataAugmenter(teacher, settings, cfg.seed)
+    identity = cache_identity(cfg, settings, tokenizer.vocab_size, train_path)
+    bin_path, json_path = cache_paths(data_dir, cache_name(cfg))
+
+    tokens = np.memmap(train_path, dtype=np.uint16, mode="r")
+    T, k = cfg.block_size, settings.k
+    num_targets = len(tokens) - 1
+    if num_targets < T:
+        raise UserError(f"{train_path} has {len(tokens)} tokens, not more than block_size={T}")
+    num_blocks = math.ceil(num_targets / T)
+    dtype, pad = storage_of(tokenizer.vocab_size)
+    row_bytes = k * dtype.itemsize
+
+    record = _read_json(json_path)
+    file_bytes = len(tokens) * row_bytes
+    resumable = (record is not None and record.get("made_with") == identity
+                 and os.path.isfile(bin_path) and os.path.getsize(bin_path) == file_bytes)
+    if resumable and record["complete"]:
+        print(f"{bin_path} is up to date")
+        return bin_path
+    if resumable:
+        done = int(record["blocks_done"])
+        print(f"{bin_path}: continuing an interrupted build at block {done} of {num_blocks}")
+    else:
+        if record is not None or os.path.exists(bin_path):
+            print(f"{bin_path}: made with other settings or data, rebuilding")
+        done = 0
+        record = {"format": CACHE_FORMAT, "made_with": identity, "num_blocks": num_blocks,
+                  "blocks_done": 0, "complete": False}
+        with open(bin_path, "wb") as f:
+            f.truncate(file_bytes)
+            f.write(np.full(k, pad, dtype).tobytes())  # token 0 is never a target
+        _write_json(json_path, record)
+
+    all_positions = np.broadcast_to(np.arange(T, dtype=np.int64), (cfg.batch_size, T))
+    progress = tqdm(total=num_targets, initial=min(done * T, num_targets), unit="tok",
+                    unit_scale=True, desc=f"teacher {settings.teacher}", disable=not show_progress)
+    last_record = time.monotonic()
+    with open(bin_path, "r+b") as f, progress:
+        while done < num_blocks:
+            first = done * T
+            # full blocks batch_size at a time; a last, shorter block on its own
+            full = min(cfg.batch_size, (num_targets - first) // T)
+            count, length = (full, T) if full else (1, num_targets - first)
+            rows = np.stack([tokens[first + i * T: first + i * T + length + 1]
+                             for i in range(count)]).astype(np.int64)
+            rows = torch.from_numpy(rows).to(device)
+            positives = augmenter.positives(rows[:, :-1], rows[:, 1:],
+                                            all_positions[:count, :length])
+            ids = positives.reshape(-1, k).cpu().numpy()
+            ids = np.where(ids < 0, pad, ids).astype(dtype)
+            f.seek((first + 1) * row_bytes)
+            f.write(ids.tobytes())
+            done += count
+            progress.update(count * length)
+            if time.monotonic() - last_record >= PROGRESS_EVERY_S or done == num_blocks:
+                f.flush()
+                os.fsync(f.fileno())
+                record["blocks_done"] = done
+                _write_json(json_path, record)  # after the rows are on disk, never ahead
+                last_record = time.monotonic()
+    record["complete"] = True
+    _write_json(json_path, record)
+    print(f"{bin_path}: {num_targets:,} targets x {k} slots ({dtype.name})")
+    return bin_path
+
+
+class CachedAugmenter:
+    """batch -> (B, T, k) extra positive ids padded with -1, read from a cache."""
+
+    def __init__(self, bin_path: str, record: dict[str, Any], positions: str, seed: int,
+                 device: str):
+        storage = record["made_with"]["storage"]
+        self.bin_path, self.positions, self.seed = bin_path, positions, seed
+        self.dtype, self.pad, self.k = np.dtype(storage["dtype"]), storage["pad"], storage["k"]
+        self.num_tokens = record["made_with"]["data"]["num_tokens"]
+        self.device = torch.device(device)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        T = batch.x.size(1)
+        # a fresh memmap per call, as data.py does: a long-lived one grows RSS
+        table = np.memmap(self.bin_path, dtype=self.dtype, mode="r",
+                          shape=(self.num_tokens, self.k))
+        # the target y[b, t] is token starts[b] + t + 1 of the split
+        rows = np.stack([table[start + 1: start + 1 + T] for start in batch.starts])
+        if self.dtype == np.uint16:  # torch has few uint16 ops: move as int16, widen there
+            ids = to_device(rows.view(np.int16), self.device).long() & 0xFFFF
+        else:
+            ids = to_device(rows, self.device).long()
+        ids = torch.where(ids == self.pad, torch.full_like(ids, -1), ids)
+        chosen = select_positions(batch.starts, T, self.positions, self.seed)
+        if chosen.shape[1] < T:
+            mask = np.zeros((len(batch.starts), T), dtype=bool)
+            np.put_along_axis(mask, chosen, True, axis=1)
+            mask = to_device(mask, self.device)[:, :, None]
+            ids = torch.where(mask, ids, torch.full_like(ids, -1))
+        return ids
+
+
+def open_cache(cfg: TrainConfig, data_dir: str, device: str) -> CachedAugmenter:
+    """The cache this run's settings ask for; UserError if it is missing, incomplete, or was
+    made with other settings, for other data, or by another state of the teacher."""
+    settings = AugmentSettings.from_config(cfg)
+    train_path = _train_path(data_dir)
+    bin_path, json_path = cache_paths(data_dir, cache_name(cfg))
+    rebuild = "build it with: python augment_cache.py <this run's config and --key=value options>"
+    record = _read_json(json_path)
+    if record is None or not os.path.isfile(bin_path):
+        raise UserError(f"augment_source=cache but {bin_path} (or its .json) is missing; {rebuild}")
+    expected = cache_identity(cfg, settings, load_tokenizer(data_dir).vocab_size, train_path)
+    made_with = record.get("made_with", {})
+    theirs, ours = made_with.get("settings", {}), expected["settings"]
+    differ = [f"{key}={theirs.get(key)!r} (this run: {ours[key]!r})"
+              for key in ours if theirs.get(key) != ours[key]]
+    if differ:
+        raise UserError(f"{bin_path} was made with other settings: {', '.join(differ)}; "
+                        f"{rebuild}, or set augment_cache to another name")
+    same_vocabulary = made_with.get("vocab_size") == expected["vocab_size"]
+    if made_with.get("data") != expected["data"] or not same_vocabulary:
+        raise UserError(f"{bin_path} was made for other data than {train_path} "
+                        f"(fingerprint {made_with.get('data', {}).get('fingerprint')} vs "
+                        f"{expected['data']['fingerprint']}); {rebuild}")
+    ours_teacher = expected["teacher_checkpoint"]
+    theirs_teacher = made_with.get("teacher_checkpoint")
+    if ours_teacher is not None and theirs_teacher != ours_teacher:
+        raise UserError(f"{bin_path} was made by another state of the teacher checkpoint "
+                        f"({settings.teacher} has changed since); {rebuild}")
+    if not record.get("complete"):
+        done, total = record.get("blocks_done", 0), record.get("num_blocks", 1)
+        raise UserError(f"{bin_path} is incomplete ({100 * done / max(1, total):.0f}% built); "
+                        "run the same augment_cache.py command again to finish it")
+    return CachedAugmenter(bin_path, record, settings.positions, cfg.seed, device)

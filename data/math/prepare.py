@@ -1,0 +1,116 @@
+"""Mathematics text: Maths-College (instruction + output) and open-web-math, streamed.
+
+    python data/math/prepare.py                                  # both, GPT-2 BPE
+    python data/math/prepare.py --sources=owm --owm_docs=50000 --tokenizer=sp --vocab_size=8192
+    python data/math/prepare.py --input=college:c.parquet,owm:o.parquet
+
+Sources (Hugging Face hub, both streamed: several GB each, only the rows used are read):
+  college  ajibawa-2023/Maths-College, ~970k rows; a document is its "instruction", a blank
+           line, then its "output"
+  owm      open-web-math/open-web-math, ~6.3M web pages; a document is its "text"
+
+Neither has a validation split, so val.bin is the first --val_docs documents of each source
+and train.bin the following ones (up to --college_docs / --owm_docs, 0 = all). Documents are
+separated by <|endoftext|>. --tokenizer=sp trains a SentencePiece model on the first
+--sp_train_docs training documents of each source. --input reads local files of each source
+through the same streaming `load_dataset` path: parquet with the same columns (a row is a
+document), or text files (rows are lines, kept as they are; their own <|endoftext|> lines
+separate documents).
+"""
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from nanoGPT.documents import (
+    column_texts,
+    make_tokenizer,
+    record_tokenizer,
+    text_batches,
+    write_documents,
+)
+from nanoGPT.errors import UserError
+from nanoGPT.prepare import (
+    check_hub_reachable,
+    load_hf_dataset,
+    parse_data_files,
+    run_prepare,
+    script_dir,
+)
+
+
+def instruction_and_output(batch: dict[str, list[Any]]) -> list[str]:
+    missing = [c for c in ("instruction", "output") if c not in batch]
+    if missing:
+        raise UserError(f"Maths-College data needs instruction and output columns; "
+                        f"{', '.join(missing)} missing (columns: {', '.join(batch)})")
+    return [f"{q or ''}\n\n{a or ''}" for q, a in zip(batch["instruction"], batch["output"])]
+
+
+HUB_DATASETS = {"college": "ajibawa-2023/Maths-College", "owm": "open-web-math/open-web-math"}
+DOCUMENTS = {"college": instruction_and_output, "owm": column_texts("text")}
+
+
+def prepare(
+    out_dir: str = script_dir(__file__),
+    sources: str = "college,owm",  # college | owm | both, comma-separated
+    college_docs: int = 0,  # training documents from Maths-College (0 = all)
+    owm_docs: int = 200_000,  # training documents from open-web-math (0 = all: 6.3M pages)
+    val_docs: int = 1000,  # the first N documents of each source are the val split
+    tokenizer: str = "gpt2",  # gpt2 | sp (SentencePiece trained on the training documents)
+    vocab_size: int = 8192,  # sp: number of pieces
+    sp_model_type: str = "bpe",  # sp: bpe | unigram
+    sp_train_docs: int = 50_000,  # sp: training documents per source the tokenizer learns from
+    input: str = "",  # local files instead of the hub: source:file,... (.parquet or text)
+    cache_dir: str = "",  # Hugging Face datasets cache; "" = its default
+) -> dict[str, int]:
+    names = [name for name in (part.strip() for part in sources.split(",")) if name]
+    unknown = [name for name in names if name not in HUB_DATASETS]
+    if unknown or not names:
+        raise UserError(f"--sources must name some of {', '.join(HUB_DATASETS)}, got {sources!r}")
+    if val_docs < 1:
+        raise UserError(f"--val_docs must be at least 1, got {val_docs}")
+    cache = cache_dir or None
+    hint = "--input=" + ",".join(f"{name}:FILE" for name in names)
+    rows_are_documents = True
+    if input:
+        builder, data_files = parse_data_files(input, names)
+        rows_are_documents = builder != "text"
+        extra = {"keep_linebreaks": True} if builder == "text" else {}
+        streams = {name: load_hf_dataset(builder, data_files={"train": data_files[name]},
+                                         split="train", streaming=True, cache_dir=cache,
+                                         what_to_do="check the --input files", **extra)
+                   for name in names}
+    else:
+        check_hub_reachable(f"connect to the internet or pass local files with {hint}")
+        streams = {name: load_hf_dataset(
+            HUB_DATASETS[name], split="train", streaming=True, cache_dir=cache,
+            what_to_do=f"connect to the internet (offline mode off) or pass local files "
+                       f"with {hint}") for name in names}
+    train_limits = {"college": college_docs, "owm": owm_docs}
+
+    def val_batches():
+        for name in names:
+            yield from text_batches(streams[name], DOCUMENTS[name], val_docs)
+
+    def train_batches(limits: dict[str, int]):
+        for name in names:
+            yield from text_batches(streams[name].skip(val_docs), DOCUMENTS[name], limits[name])
+
+    def training_documents():
+        for batch in train_batches({name: sp_train_docs for name in names}):
+            yield from batch
+
+    tok = make_tokenizer(tokenizer, out_dir, training_documents, vocab_size, sp_model_type)
+    counts = {
+        "train": write_documents(out_dir, "train", tok, train_batches(train_limits),
+                                       rows_are_documents),
+        "val": write_documents(out_dir, "val", tok, val_batches(), rows_are_documents),
+    }
+    record_tokenizer(out_dir, tok)
+    return counts
+
+
+if __name__ == "__main__":
+    run_prepare(prepare)
