@@ -19,12 +19,16 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
+from augmentation import build_augmenter
+from augmentation.benchmark import filter_speed, prepare_augmenter_bench
 from nanoGPT.config import TrainConfig, apply_config
+from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError, cli
 from nanoGPT.model import GPT
 from nanoGPT.train import build_optimizer, setup_runtime
@@ -48,6 +52,9 @@ class BenchConfig(TrainConfig):
     iters: int = 10
     warmup: int = 3
     extra_positives: int = 8  # sparse extra positives per position for multi-hot variants
+    augmenter: bool = False  # also time sigmoid with online and cached augmentation, and the
+    # batched perplexity filter against one forward pass per candidate
+    label: str = ""  # internal: the row name of this measurement
     child: str = ""  # internal: the variant this process measures
     # a small trunk at the GPT-2 vocabulary: where the output objective's cost shows
     n_layer: int = 4
@@ -76,11 +83,20 @@ def measure(cfg: BenchConfig) -> dict:
     extra = None
     if VARIANTS[cfg.child].uses_extra_positives and cfg.extra_positives:
         extra = torch.randint(-1, cfg.vocab_size, (*shape, cfg.extra_positives), device=rt.device)
+    augmenter = data = None
+    if cfg.augment:  # real batches; the extra positives come from the augmenter every step
+        data = TokenData(cfg.data_dir, cfg.block_size, cfg.batch_size, rt.device, cfg.seed)
+        augmenter = build_augmenter(cfg, model, data, rt.device)
     rss_before = rss_mb()
     if rt.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    steps = iter(range(10**9))
 
     def step() -> None:
+        nonlocal x, y, extra
+        if augmenter is not None:
+            batch = data.train_batch(next(steps))
+            x, y, extra = batch.x, batch.y, augmenter(batch)
         with rt.autocast():
             loss, _ = model(x, y, extra)
         loss.backward()
@@ -97,7 +113,7 @@ def measure(cfg: BenchConfig) -> dict:
     if rt.device_type == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / cfg.iters
-    result = {"variant": cfg.child, "ms_per_iter": dt * 1000,
+    result = {"variant": cfg.label or cfg.child, "ms_per_iter": dt * 1000,
               "tokens_per_s": cfg.batch_size * cfg.block_size / dt}
     if rt.device_type == "cuda":
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -117,7 +133,8 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:.0f} | "
             f"{r['peak_mem_mb']:.0f} | {r[mem_key]:.0f} | "
-            f"{r['ms_per_iter'] / base['ms_per_iter']:.2f} | {r[mem_key] / base[mem_key]:.2f} |")
+            f"{r['ms_per_iter'] / base['ms_per_iter']:.2f} | "
+            f"{r[mem_key] / base[mem_key] if base[mem_key] > 0 else float('nan'):.2f} |")
     return "\n".join(lines)
 
 
@@ -208,11 +225,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"batch {cfg.batch_size}x{cfg.block_size}, {cfg.iters} timed iters after {cfg.warmup}")
     if cfg.archs:
         return compare_archs(cfg, argv, variants)
-    results = []
-    for variant in variants:
-        results.append(run_child(argv, variant))
-        print(f"  {variant}: {results[-1]['ms_per_iter']:.1f} ms/iter", flush=True)
+    runs = [(variant, []) for variant in variants]
+    speed = None
+    if cfg.augmenter:
+        with tempfile.TemporaryDirectory() as work_dir:
+            augment = prepare_augmenter_bench(cfg, work_dir)
+            runs += [("sigmoid", [*augment, "--augment_source=online", "--label=sigmoid+aug online"]),
+                     ("sigmoid", [*augment, "--augment_source=cache", "--label=sigmoid+aug cache"])]
+            results = measure_all(runs, argv)
+            speed = filter_speed(cfg, work_dir)
+    else:
+        results = measure_all(runs, argv)
     print(table(results))
+    if speed:
+        print(f"perplexity filter, {speed['candidates']} candidates: batched {speed['batched_s']:.2f} s, "
+              f"one forward pass per candidate {speed['reference_s']:.2f} s: {speed['speedup']:.1f}x; "
+              f"max relative difference {speed['max_rel_diff']:.1e}, same kept: {speed['same_kept']}")
+        results.append({"perplexity_filter": speed})
+    return results
+
+
+def measure_all(runs: list[tuple[str, list[str]]], argv: list[str]) -> list[dict]:
+    results = []
+    for variant, extra_argv in runs:
+        results.append(run_child([*argv, *extra_argv], variant))
+        print(f"  {results[-1]['variant']}: {results[-1]['ms_per_iter']:.1f} ms/iter", flush=True)
     return results
 
 

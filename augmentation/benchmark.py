@@ -1,0 +1,85 @@
+"""What bench.py --augmenter=True measures beside the variants: the cost of multi-hot targets.
+
+It makes a small real GPT-2-BPE data folder from the embedded plays, a teacher checkpoint of
+the bench's own trunk (one training iteration: its weights do not matter for timing), and
+the candidate cache; then bench.py times sigmoid training steps that read their extra
+positives online (prob filter) and from the cache, and this module times the batched
+perplexity filter against the one-candidate-at-a-time reference on the same candidates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import torch
+
+from augmentation.cache import build_cache
+from augmentation.data_augmentation import (
+    AugmentSettings,
+    DataAugmenter,
+    load_teacher,
+    reference_window_perplexity,
+    select_positions,
+)
+from nanoGPT.config import TrainConfig
+from nanoGPT.data import TokenData
+from nanoGPT.prepare import shakespeare_splits, write_text_dataset
+from nanoGPT.tokenizer import gpt2_tokenizer, load_tokenizer
+
+
+def prepare_augmenter_bench(cfg: TrainConfig, work_dir: str, train_chars: int = 60_000) -> list[str]:
+    """Data, teacher and cache in `work_dir`; returns the config overrides a child run needs."""
+    data_dir = os.path.join(work_dir, "data")
+    if not os.path.exists(os.path.join(data_dir, "train.bin")):
+        _, splits = shakespeare_splits()
+        write_text_dataset(data_dir, gpt2_tokenizer(),
+                           {"train": splits["train"][:train_chars], "val": splits["val"][:20_000]})
+    teacher_dir = os.path.join(work_dir, "teacher")
+    from nanoGPT.train import train  # late: the loop imports this package
+
+    if not os.path.exists(os.path.join(teacher_dir, "ckpt.pt")):
+        train(dataclasses.replace(cfg, variant="baseline", data_dir=data_dir, out_dir=teacher_dir,
+                                  log_dir=os.path.join(work_dir, "logs"), max_iters=1,
+                                  eval_iters=1, augment=False, init_from="scratch"))
+    augment = ["--augment=True", f"--teacher=ckpt:{teacher_dir}", "--augment_filter=prob",
+               "--augment_min_prob=0.001", "--augment_positions=all", f"--data_dir={data_dir}"]
+    build_cache(dataclasses.replace(cfg, variant="sigmoid", data_dir=data_dir, augment=True,
+                                    teacher=f"ckpt:{teacher_dir}", augment_filter="prob",
+                                    augment_min_prob=0.001, augment_positions="all"),
+                show_progress=False)
+    return augment
+
+
+def filter_speed(cfg: TrainConfig, work_dir: str, rows: int = 2) -> dict:
+    """Seconds for the perplexity filter's windows of one batch: batched vs one candidate per
+    forward pass, and the largest relative difference of their perplexities."""
+    data_dir = os.path.join(work_dir, "data")
+    tokenizer = load_tokenizer(data_dir)
+    teacher = load_teacher(f"ckpt:{os.path.join(work_dir, 'teacher')}", "cpu", tokenizer)
+    settings = dataclasses.replace(AugmentSettings.from_config(cfg), filter="perplexity",
+                                   positions="one")
+    augmenter = DataAugmenter(teacher, settings, seed=cfg.seed)
+    batch = TokenData(data_dir, cfg.block_size, rows, "cpu", cfg.seed).train_batch(0)
+    positions = select_positions(batch.starts, cfg.block_size, "one", cfg.seed)
+    with teacher.context():
+        candidates = torch.topk(teacher.log_probs(batch.x), settings.k, dim=-1).indices
+        candidates = candidates.gather(1, torch.as_tensor(positions)[:, :, None].expand(
+            -1, -1, settings.k))
+        t0 = time.perf_counter()
+        batched = augmenter.window_nll(batch.x, batch.y, positions, candidates).exp()
+        t_batched = time.perf_counter() - t0
+        full_rows = torch.cat([batch.x, batch.y[:, -1:]], dim=1).tolist()
+        t0 = time.perf_counter()
+        reference = [[[reference_window_perplexity(teacher, full_rows[b], int(positions[b, i]),
+                                                   int(c), settings.window)
+                       for c in candidates[b, i].tolist()]
+                      for i in range(positions.shape[1])] for b in range(rows)]
+        t_reference = time.perf_counter() - t0
+    reference = torch.tensor(reference)
+    return {"candidates": int(np.prod(candidates.shape)), "batched_s": t_batched,
+            "reference_s": t_reference, "speedup": t_reference / t_batched,
+            "max_rel_diff": float(((batched - reference).abs() / reference).max()),
+            "same_kept": bool(torch.equal(batched < settings.threshold,
+                                          reference < settings.threshold))}
