@@ -8,9 +8,9 @@ Any ModelConfig key works on the command line (--arch=conv --conv_factor=2, --ml
 --archs compares named trunks (ARCHS), each against a GPT-2 trunk of about its parameter
 count: the same width with the number of layers whose trunk parameters come closest.
 
-Each variant runs in a fresh process so its peak memory is its own: RSS on the CPU (and
-the growth of RSS over the process's state before the first step, i.e. what training
-itself allocates), max allocated on CUDA. Times are after warm-up.
+Each variant runs in a fresh process so its peak memory is its own: peak RSS on the CPU,
+max allocated on CUDA. Times are after warm-up.
+    python bench.py --augmenter=True   # + sigmoid with online / cached augmentation, filter speed
 """
 from __future__ import annotations
 
@@ -87,7 +87,6 @@ def measure(cfg: BenchConfig) -> dict:
     if cfg.augment:  # real batches; the extra positives come from the augmenter every step
         data = TokenData(cfg.data_dir, cfg.block_size, cfg.batch_size, rt.device, cfg.seed)
         augmenter = build_augmenter(cfg, model, data, rt.device)
-    rss_before = rss_mb()
     if rt.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     steps = iter(range(10**9))
@@ -119,22 +118,19 @@ def measure(cfg: BenchConfig) -> dict:
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         result["peak_mem_mb"] = rss_mb()
-        result["train_mem_mb"] = rss_mb() - rss_before
     return result
 
 
 def table(results: list[dict]) -> str:
-    base = next(r for r in results if r["variant"] == "baseline") if any(
-        r["variant"] == "baseline" for r in results) else results[0]
-    mem_key = "train_mem_mb" if "train_mem_mb" in base else "peak_mem_mb"
-    lines = [f"| variant | ms/iter | tokens/s | peak mem MB | {mem_key.replace('_mb', '')} MB "
-             "| time x | memory x |", "|---|---|---|---|---|---|---|"]
+    """Markdown rows, with time and peak memory as ratios against the baseline of this run."""
+    base = next((r for r in results if r["variant"] == "baseline"), results[0])
+    lines = ["| variant | ms/iter | tokens/s | peak mem MB | time x | memory x |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['variant']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:.0f} | "
-            f"{r['peak_mem_mb']:.0f} | {r[mem_key]:.0f} | "
-            f"{r['ms_per_iter'] / base['ms_per_iter']:.2f} | "
-            f"{r[mem_key] / base[mem_key] if base[mem_key] > 0 else float('nan'):.2f} |")
+            f"{r['peak_mem_mb']:.0f} | {r['ms_per_iter'] / base['ms_per_iter']:.2f} | "
+            f"{r['peak_mem_mb'] / base['peak_mem_mb']:.2f} |")
     return "\n".join(lines)
 
 
