@@ -255,7 +255,8 @@ def test_wikitext_input_errors(tmp_path, wikitext_files):
         wikitext.prepare(config="wikitext-3", out_dir=str(tmp_path))
 
 
-def test_wikitext_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+def unreachable_hub(monkeypatch) -> None:
+    """Make the hub check see no network (and no proxy that would skip it)."""
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
@@ -263,6 +264,10 @@ def test_wikitext_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "_hub_offline", lambda: False)
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_wikitext_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    unreachable_hub(monkeypatch)
     start = time.perf_counter()
     with pytest.raises(UserError, match="cannot reach huggingface.co.*--input=train:FILE"):
         load_script("wikitext").prepare(out_dir=str(tmp_path))

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import nanoGPT.prepare as prep
 from nanoGPT.errors import UserError
 from nanoGPT.prepare import read_tokens, shakespeare_splits
 from nanoGPT.tokenizer import GPT2_EOT, SentencePieceTokenizer, load_tokenizer
 from nanoGPT.train import train
 from tests.conftest import tiny_config
-from tests.test_prepare import REPO, load_script, run_script
+from tests.test_prepare import REPO, load_script, run_script, unreachable_hub
 
 UNUSUAL = "Café — 日本語  two  spaces,\ttab, digits 1234\n\n\nand a last line without newline"
 
@@ -170,13 +169,7 @@ def test_llama_trunk_trains_on_sentencepiece_stories(stories, tmp_path):
 
 
 def test_tinystories_unreachable_hub_fails_fast(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(prep.socket, "create_connection", no_network)
-    monkeypatch.setattr(prep, "_hub_offline", lambda: False)
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    unreachable_hub(monkeypatch)
     start = time.perf_counter()
     with pytest.raises(UserError, match="cannot reach huggingface.co.*--input=train:FILE"):
         load_script("tinystories").prepare(out_dir=str(tmp_path))
