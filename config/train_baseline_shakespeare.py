@@ -1,21 +1,10 @@
-# A CPU-sized GPT on the embedded plays in GPT-2 BPE (python data/shakespeare/prepare.py first).
+# A CPU-sized GPT on the embedded plays in GPT-2 BPE (python data/shakespeare/prepare.py first):
+# the character recipe's model and schedule, with biases, dropout and the BPE data.
+import os
+
+exec(open(os.path.join(os.path.dirname(__file__), "train_baseline_shakespeare_char.py")).read())
 out_dir = "out/baseline-shakespeare"
 dataset = "shakespeare"
-device = "cpu"
-n_layer = 4
-n_head = 4
-n_embd = 128
-block_size = 64
-batch_size = 12
+bias = True
 dropout = 0.1
-learning_rate = 1e-3
-max_iters = 2000
-lr_decay_iters = 2000
-min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 100
-eval_interval = 250
-eval_iters = 20
-log_interval = 50
-sample_interval = 500
-sample_prompt = "ROMEO:"
+sample_tokens = 64
