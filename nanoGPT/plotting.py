@@ -66,6 +66,16 @@ def _save(fig: Figure, out_path: str) -> str:
     return out_path
 
 
+def _save_grid(fig: Figure, axes: Sequence, used: int, title: str, out_path: str) -> str:
+    """Hide a grid's unused panels, add the title, lay out and save."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out_path)
+
+
 def _colours(names: Sequence[str]) -> dict[str, str]:
     palette = [f"C{i}" for i in range(10)]
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
@@ -178,12 +188,7 @@ def plot_reliability(
         ax.title.set_fontsize(9)
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=7, loc="upper left")
-    for ax in axes[len(labels):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, out_path)
+    return _save_grid(fig, axes, len(labels), title, out_path)
 
 
 def plot_samples(
@@ -214,9 +219,4 @@ def plot_samples(
                 ha="left", transform=ax.transAxes, parse_math=False)
         ax.set_title(label, fontsize=10, loc="left")
         ax.axis("off")
-    for ax in axes[len(labels):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, out_path)
+    return _save_grid(fig, axes, len(labels), title, out_path)
