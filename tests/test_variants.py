@@ -12,7 +12,7 @@ from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.model import GPT
 from nanoGPT.variants import VARIANTS, build_variant
-from nanoGPT.variants.bayes import VariationalLinear
+from nanoGPT.variants.bayes import GaussianPosteriorSample, VariationalLinear
 from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs, sparse_bce
 
 V, C = 37, 16
@@ -439,3 +439,32 @@ def test_loss_falls_and_autocast_is_safe(name):
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
+@pytest.mark.parametrize("draw", [True, False])
+def test_fused_posterior_sample_and_kl_equal_autograd_through_pyro(draw):
+    """The fused sample + closed-form KL that training uses, against autograd through the
+    plain sample and pyro's kl_divergence (VariationalLinear.kl): values and gradients."""
+    head = VariationalLinear(C, V, prior_sigma=0.7, init_sigma=1e-3)
+    randomise_posterior(head)
+    upstream = torch.randn(V, C)
+    params = (head.weight_mu, head.weight_rho, head.bias_mu, head.bias_rho)
+
+    def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.autograd.grad(loss, params))
+
+    torch.manual_seed(5)
+    sample, weight_kl = GaussianPosteriorSample.apply(head.weight_mu, head.weight_rho, 0.7, draw)
+    fused_kl = weight_kl + GaussianPosteriorSample.apply(head.bias_mu, head.bias_rho, 0.7, draw)[1]
+    fused_loss = 0.3 * fused_kl + ((sample * upstream).sum() if draw else 0)
+    torch.manual_seed(5)
+    reference_sample = head.weight_mu + F.softplus(head.weight_rho) * torch.randn(V, C)
+    reference_loss = 0.3 * head.kl() + ((reference_sample * upstream).sum() if draw else 0)
+    torch.testing.assert_close(fused_kl, head.kl())
+    torch.testing.assert_close(head.fused_kl(), head.kl())
+    if draw:
+        torch.testing.assert_close(sample, reference_sample)
+    else:
+        assert sample.numel() == 0
+    for fused, reference in zip(gradients(fused_loss), gradients(reference_loss)):
+        torch.testing.assert_close(fused, reference)

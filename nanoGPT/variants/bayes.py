@@ -37,6 +37,44 @@ def inverse_softplus(sigma: float) -> float:
     return sigma + math.log(-math.expm1(-sigma))  # log(exp(sigma) - 1) without overflow
 
 
+class GaussianPosteriorSample(torch.autograd.Function):
+    """For q = N(mu, softplus(rho)^2) elementwise: (a sample mu + sigma * eps if `draw`, else an
+    empty tensor; KL(q || N(0, prior_sigma^2)) summed over every entry), float32.
+
+    The same closed form pyro's kl_divergence gives (VariationalLinear.kl, which the tests hold
+    this to, in value and gradient), written out with its gradient by hand:
+        KL = sum log(prior / sigma) + (sigma^2 + mu^2) / (2 prior^2) - 1/2
+        dKL/dmu = mu / prior^2,    dKL/dsigma = sigma / prior^2 - 1 / sigma,
+    and d(sample)/dmu = 1, d(sample)/dsigma = eps, dsigma/drho = sigmoid(rho). At the GPT-2
+    vocabulary mu is 50257 x n_embd: autograd through pyro's KL and a separate sample makes
+    about twenty such temporaries per step, each a full pass over memory; this makes seven."""
+
+    @staticmethod
+    def forward(ctx, mu: torch.Tensor, rho: torch.Tensor, prior_sigma: float, draw: bool):
+        with torch.autocast(mu.device.type, enabled=False):  # float32 parameters stay float32
+            sigma = F.softplus(rho)
+            flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
+            squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
+            kl = (squares / (2 * prior_sigma**2) - torch.log(sigma).sum()
+                  + (math.log(prior_sigma) - 0.5) * mu.numel())
+            eps = torch.randn_like(mu) if draw else None
+            sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
+        ctx.prior_sigma, ctx.draw = prior_sigma, draw
+        ctx.save_for_backward(mu, rho, sigma, eps)
+        return sample, kl
+
+    @staticmethod
+    def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor):
+        mu, rho, sigma, eps = ctx.saved_tensors
+        prior_var = ctx.prior_sigma**2
+        grad_sigma = sigma.reciprocal().neg_().add_(sigma, alpha=1 / prior_var).mul_(grad_kl)
+        grad_mu = mu * (grad_kl / prior_var)
+        if ctx.draw:
+            grad_sigma.addcmul_(grad_sample, eps)
+            grad_mu.add_(grad_sample)
+        return grad_mu, grad_sigma.mul_(torch.sigmoid(rho)), None, None
+
+
 class VariationalLinear(nn.Module):
     """A linear layer with a mean-field Gaussian posterior over its weight and bias.
 
@@ -67,12 +105,19 @@ class VariationalLinear(nn.Module):
         """The logits of the posterior mean, float32."""
         return F.linear(hidden, self.weight_mu, self.bias_mu).float()
 
-    def sample_logits_shared(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits (..., V) of ONE weight sample shared by every token: a single matmul."""
-        weight = torch.addcmul(self.weight_mu, F.softplus(self.weight_rho),
-                               torch.randn_like(self.weight_mu))
-        bias = torch.addcmul(self.bias_mu, F.softplus(self.bias_rho), torch.randn_like(self.bias_mu))
-        return F.linear(hidden, weight, bias).float()
+    def sample_logits_shared(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (..., V) of ONE weight sample shared by every token, KL(q || prior)): a
+        single matmul, the sample and the KL fused (see GaussianPosteriorSample)."""
+        weight, weight_kl = GaussianPosteriorSample.apply(self.weight_mu, self.weight_rho,
+                                                          self.prior_sigma, True)
+        bias, bias_kl = GaussianPosteriorSample.apply(self.bias_mu, self.bias_rho,
+                                                      self.prior_sigma, True)
+        return F.linear(hidden, weight, bias).float(), weight_kl + bias_kl
+
+    def fused_kl(self) -> torch.Tensor:
+        """kl() through the fused closed form that training uses: same value, same gradient."""
+        return sum(GaussianPosteriorSample.apply(mu, rho, self.prior_sigma, False)[1]
+                   for mu, rho in ((self.weight_mu, self.weight_rho), (self.bias_mu, self.bias_rho)))
 
     def sample_logits(self, hidden: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Sampled float32 logits (..., V), or (num_samples, ..., V): an independent weight
@@ -91,8 +136,8 @@ class VariationalLinear(nn.Module):
         return torch.addcmul(mean, std, eps)
 
     def kl(self) -> torch.Tensor:
-        """KL(q || prior) summed over every weight and bias entry, float32 (parameters only,
-        so it is cheap and safe to take out of autocast)."""
+        """KL(q || prior) summed over every weight and bias entry, float32, by pyro: the
+        definition that the fused form training uses (fused_kl) is tested against."""
         # validate_args=False: checking scale > 0 would cost a device sync every step
         with torch.autocast(self.weight_mu.device.type, enabled=False):
             zero = self.weight_mu.new_zeros((), dtype=torch.float32)
@@ -125,14 +170,14 @@ class Bayes(Variant):
     def init_head_from(self, embedding: torch.Tensor) -> None:
         self.lm_head.weight_mu.copy_(embedding)
 
-    def kl_per_token(self) -> torch.Tensor:
+    def kl_num_tokens(self) -> int:
         num_tokens = self.config.kl_num_tokens
         if num_tokens <= 0:
             raise UserError(
                 f"{self.name}: kl_num_tokens is {num_tokens}; set it to the number of training "
                 "tokens in one epoch (the training loop does this) so the ELBO can scale the KL"
             )
-        return self.lm_head.kl() / num_tokens
+        return num_tokens
 
     def data_loss(
         self, logits: torch.Tensor, targets: torch.Tensor, extra_positives: torch.Tensor | None
@@ -145,11 +190,11 @@ class Bayes(Variant):
         return F.log_softmax(sample_logits, dim=-1)
 
     def loss(self, hidden, targets, extra_positives=None) -> tuple[torch.Tensor, Stats]:
-        kl = self.kl_per_token()
         if self.config.bayes_estimator == "weight":
-            logits = self.lm_head.sample_logits_shared(hidden)
+            logits, kl = self.lm_head.sample_logits_shared(hidden)
         else:
-            logits = self.lm_head.sample_logits(hidden)
+            logits, kl = self.lm_head.sample_logits(hidden), self.lm_head.fused_kl()
+        kl = kl / self.kl_num_tokens()
         data, stats = self.data_loss(logits, targets, extra_positives)
         stats = {self.data_term: data.detach(), "kl": kl.detach(), **stats}
         return data + self.config.kl_weight * kl, stats
