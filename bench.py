@@ -48,7 +48,7 @@ ARCHS = {
 class BenchConfig(TrainConfig):
     variants: str = ",".join(VARIANTS)
     archs: str = ""  # e.g. llama,conv: compare these trunks (ARCHS) with GPT-2 trunks
-    repeats: int = 1  # --archs: measure each trunk this many times, interleaved; report medians
+    repeats: int = 1  # measure each run this many times, rounds interleaved; report medians
     iters: int = 10
     warmup: int = 3
     extra_positives: int = 8  # sparse extra positives per position for multi-hot variants
@@ -166,26 +166,17 @@ def compare_archs(cfg: BenchConfig, argv: list[str], variants: list[str]) -> lis
     if unknown:
         raise UserError(f"unknown arch(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
     layers = {name: matching_gpt_layers(apply_config(cfg, ARCHS[name])) for name in names}
-    # every run, keyed by its extra arguments and variant; repeated rounds interleave them, so
-    # a load spike on a shared machine hits all of them rather than one
-    runs = {}
+    keys = []  # (extra arguments, variant) of every run, the arch's and its GPT-2 reference's
     for name in names:
         for variant in variants:
-            runs[tuple(ARCHS[name]), variant] = []
-            runs[(f"--n_layer={layers[name]}",), variant] = []
-    for _ in range(cfg.repeats):
-        for (extra, variant), measured in runs.items():
-            measured.append(run_child([*argv, *extra], variant))
-
-    def median_run(extra: tuple, variant: str) -> dict:
-        measured = sorted(runs[extra, variant], key=lambda r: r["ms_per_iter"])
-        return measured[len(measured) // 2]
-
+            keys += [(tuple(ARCHS[name]), variant), ((f"--n_layer={layers[name]}",), variant)]
+    keys = list(dict.fromkeys(keys))
+    medians = dict(zip(keys, measure_all([(v, list(extra)) for extra, v in keys], argv, cfg.repeats)))
     results = []
     for name in names:
         for variant in variants:
-            result = dict(median_run(tuple(ARCHS[name]), variant))
-            reference = median_run((f"--n_layer={layers[name]}",), variant)
+            result = dict(medians[tuple(ARCHS[name]), variant])
+            reference = medians[(f"--n_layer={layers[name]}",), variant]
             result.update(arch=name, trunk_params=trunk_params(apply_config(cfg, ARCHS[name])),
                           ref_layers=layers[name], ref_ms_per_iter=reference["ms_per_iter"],
                           ref_mem_mb=reference.get("train_mem_mb", reference["peak_mem_mb"]))
@@ -228,10 +219,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             augment = prepare_augmenter_bench(cfg, work_dir)
             runs += [("sigmoid", [*augment, "--augment_source=online", "--label=sigmoid+aug online"]),
                      ("sigmoid", [*augment, "--augment_source=cache", "--label=sigmoid+aug cache"])]
-            results = measure_all(runs, argv)
+            results = measure_all(runs, argv, cfg.repeats)
             speed = filter_speed(cfg, work_dir)
     else:
-        results = measure_all(runs, argv)
+        results = measure_all(runs, argv, cfg.repeats)
     print(table(results))
     if speed:
         print(f"perplexity filter, {speed['candidates']} candidates: batched {speed['batched_s']:.2f} s, "
@@ -241,12 +232,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
-def measure_all(runs: list[tuple[str, list[str]]], argv: list[str]) -> list[dict]:
-    results = []
-    for variant, extra_argv in runs:
-        results.append(run_child([*argv, *extra_argv], variant))
-        print(f"  {results[-1]['variant']}: {results[-1]['ms_per_iter']:.1f} ms/iter", flush=True)
-    return results
+def measure_all(runs: list[tuple[str, list[str]]], argv: list[str], repeats: int = 1) -> list[dict]:
+    """Each (variant, extra arguments) run measured `repeats` times in fresh processes, the
+    rounds interleaved so that a load spike on a shared machine hits every run rather than
+    one; each run's median (by ms/iter)."""
+    measured = [[] for _ in runs]
+    for round_index in range(repeats):
+        for (variant, extra_argv), results in zip(runs, measured):
+            results.append(run_child([*argv, *extra_argv], variant))
+            print(f"  {results[-1]['variant']} (round {round_index + 1}/{repeats}): "
+                  f"{results[-1]['ms_per_iter']:.1f} ms/iter", flush=True)
+    return [sorted(results, key=lambda r: r["ms_per_iter"])[len(results) // 2]
+            for results in measured]
 
 
 if __name__ == "__main__":

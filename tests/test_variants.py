@@ -12,6 +12,7 @@ from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.model import GPT
 from nanoGPT.variants import VARIANTS, build_variant
+from nanoGPT.variants.baseline import softmax_cross_entropy
 from nanoGPT.variants.bayes import GaussianPosteriorSample, VariationalLinear
 from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs, sparse_bce
 
@@ -118,6 +119,35 @@ def test_smooth_loss_is_label_smoothed_cross_entropy(eps):
     reference = F.cross_entropy(logits.view(-1, V), y.view(-1), label_smoothing=eps)
     torch.testing.assert_close(loss, reference)
     assert not torch.allclose(loss, F.cross_entropy(logits.view(-1, V), y.view(-1)))
+
+
+def test_softmax_cross_entropy_equals_torch_in_value_and_gradient():
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 5, V, dtype=torch.float64) * 4).requires_grad_()
+    targets = torch.randint(0, V, (3, 5))
+    ours = softmax_cross_entropy(logits, targets)
+    reference = F.cross_entropy(logits.view(-1, V), targets.view(-1), reduction="none")
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.rand(15, dtype=torch.float64)
+    (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), logits)
+    (reference_grad,) = torch.autograd.grad((reference * upstream).sum(), logits)
+    torch.testing.assert_close(ours_grad, reference_grad)
+    small = logits.detach()[:1, :2].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: softmax_cross_entropy(z, targets[:1, :2], 0.7), (small,))
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1])
+def test_smooth_gradient_is_label_smoothed_cross_entropy_gradient(eps):
+    """smooth's mean-logit shortcut h . mean_v(W_v): the same gradients as PyTorch's definition."""
+    model = tiny_gpt("smooth", label_smoothing=eps)
+    x, y = text_batch()
+    hidden = model.hidden_states(x).detach().requires_grad_()
+    weight = model.variant.lm_head.weight
+    ours = torch.autograd.grad(model.variant.loss(hidden, y)[0], (hidden, weight))
+    logits = model.variant.logits(hidden)
+    reference = F.cross_entropy(logits.view(-1, V), y.view(-1), label_smoothing=eps)
+    for a, b in zip(ours, torch.autograd.grad(reference, (hidden, weight))):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("pos_weight", [1.0, 2.5, 0.5])

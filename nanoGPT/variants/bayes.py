@@ -31,6 +31,7 @@ from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.metrics import bayes_token_stats
 from nanoGPT.variants.base import Stats, Variant
+from nanoGPT.variants.baseline import softmax_cross_entropy
 
 
 def inverse_softplus(sigma: float) -> float:
@@ -183,7 +184,7 @@ class Bayes(Variant):
         self, logits: torch.Tensor, targets: torch.Tensor, extra_positives: torch.Tensor | None
     ) -> tuple[torch.Tensor, Stats]:
         """The data term of the ELBO on one set of sampled logits, mean over positions."""
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1)), {}
+        return softmax_cross_entropy(logits, targets).mean(), {}
 
     def sample_log_probs(self, sample_logits: torch.Tensor) -> torch.Tensor:
         """The normalised distribution of each weight sample."""

@@ -1,7 +1,12 @@
 """smooth: the baseline head and softmax, trained with label-smoothed cross-entropy.
 
 With smoothing eps the target is (1 - eps) on the true token plus eps / V spread over the
-whole vocabulary (PyTorch's definition), which discourages over-confident logits.
+whole vocabulary (PyTorch's definition), which discourages over-confident logits. Per position
+
+    loss = logsumexp(z) - (1 - eps) * z_true - eps * mean_v(z_v),
+
+and since the head is linear without a bias, mean_v(z_v) = h . mean_v(W_v): the smoothing
+term costs one n_embd-sized vector rather than another pass over the (N, V) logits.
 """
 from __future__ import annotations
 
@@ -9,16 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from nanoGPT.variants.base import Stats
-from nanoGPT.variants.baseline import Baseline
+from nanoGPT.variants.baseline import Baseline, softmax_cross_entropy
 
 
 class Smooth(Baseline):
     name = "smooth"
 
     def loss(self, hidden, targets, extra_positives=None) -> tuple[torch.Tensor, Stats]:
-        logits = self.logits(hidden)
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1),
-            label_smoothing=self.config.label_smoothing,
-        )
-        return loss, {}
+        eps = self.config.label_smoothing
+        per_position = softmax_cross_entropy(self.logits(hidden), targets, 1.0 - eps)
+        mean_logit = F.linear(hidden, self.lm_head.weight.mean(0, keepdim=True)).float()
+        return (per_position - eps * mean_logit.reshape(-1)).mean(), {}
