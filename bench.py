@@ -217,7 +217,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if cfg.augmenter:
         with tempfile.TemporaryDirectory() as work_dir:
             augment = prepare_augmenter_bench(cfg, work_dir)
-            runs += [("sigmoid", [*augment, "--augment_source=online", "--label=sigmoid+aug online"]),
+            online = [*augment, "--augment_source=online"]
+            runs += [("sigmoid", [*online, "--label=sigmoid+aug online, every position"]),
+                     ("sigmoid", [*online, "--augment_positions=one",
+                                  "--label=sigmoid+aug online, one position"]),
                      ("sigmoid", [*augment, "--augment_source=cache", "--label=sigmoid+aug cache"])]
             results = measure_all(runs, argv, cfg.repeats)
             speed = filter_speed(cfg, work_dir)
