@@ -252,6 +252,8 @@ def _builder_for(path: str) -> str | None:
     extension = os.path.splitext(path)[1].lower()
     if extension == ".parquet":
         return "parquet"
+    if extension in (".json", ".jsonl"):  # one object per line (or a list) with a "text" field
+        return "json"
     return "text" if extension in _TEXT_EXTENSIONS else None
 
 
@@ -259,7 +261,8 @@ def parse_data_files(spec: str, splits: Sequence[str]) -> tuple[str, dict[str, l
     """'train:a.parquet,validation:b.parquet,test:c.parquet' -> ("parquet", data_files).
 
     A split may name several files; every split in `splits` needs at least one. The loader
-    (parquet, or text for .txt/.text/.raw/.tokens) comes from the extensions, which must agree.
+    (parquet; json for .json/.jsonl rows with a "text" field; or text for .txt/.text/.raw/.tokens)
+    comes from the extensions, which must agree.
     """
     usage = ",".join(f"{split}:FILE" for split in splits)
     data_files: dict[str, list[str]] = {}
@@ -276,7 +279,7 @@ def parse_data_files(spec: str, splits: Sequence[str]) -> tuple[str, dict[str, l
         raise UserError(f"--input has no file for {', '.join(missing)}, e.g. --input={usage}")
     builders = {_builder_for(path) for paths in data_files.values() for path in paths}
     if len(builders) != 1 or None in builders:
-        raise UserError("--input files must be all .parquet or all text "
+        raise UserError("--input files must be all .parquet, all .json/.jsonl or all text "
                         f"({', '.join(_TEXT_EXTENSIONS)}), not a mix or another format")
     return builders.pop(), data_files
 

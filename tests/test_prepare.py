@@ -1,5 +1,6 @@
 """Data preparation: .bin/meta.pkl writing, the Shakespeare corpus, and each prepare script."""
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -219,11 +220,13 @@ def wikitext_files(tmp_path, shakespeare):
     for split, rows in splits.items():
         pq.write_table(pa.table({"text": rows}), tmp_path / f"{split}.parquet")
         (tmp_path / f"{split}.txt").write_text("".join(rows), encoding="utf-8")
-        paths[split] = {ext: tmp_path / f"{split}.{ext}" for ext in ("parquet", "txt")}
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8")
+        paths[split] = {ext: tmp_path / f"{split}.{ext}" for ext in ("parquet", "txt", "jsonl")}
     return {split: "".join(rows) for split, rows in splits.items()}, paths
 
 
-@pytest.mark.parametrize("ext", ["parquet", "txt"])
+@pytest.mark.parametrize("ext", ["parquet", "txt", "jsonl"])
 def test_wikitext_prepare_from_local_files(tmp_path, wikitext_files, ext, monkeypatch):
     texts, paths = wikitext_files
     spec = ",".join(f"{split}:{paths[split][ext]}" for split in ("train", "validation", "test"))

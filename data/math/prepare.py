@@ -62,7 +62,7 @@ def prepare(
     vocab_size: int = 8192,  # sp: number of pieces
     sp_model_type: str = "bpe",  # sp: bpe | unigram
     sp_train_docs: int = 50_000,  # sp: training documents per source the tokenizer learns from
-    input: str = "",  # local files instead of the hub: source:file,... (.parquet or text)
+    input: str = "",  # local files instead of the hub: source:file,... (.parquet, .jsonl or text)
     cache_dir: str = "",  # Hugging Face datasets cache; "" = its default
 ) -> dict[str, int]:
     names = [name for name in (part.strip() for part in sources.split(",")) if name]

@@ -45,7 +45,7 @@ def prepare(
     sp_model_type: str = "bpe",  # sp: bpe | unigram
     sp_train_docs: int = 200_000,  # sp: train the tokenizer on this many training stories
     max_docs: int = 0,  # stories per split (0 = all): a quick smaller data set
-    input: str = "",  # local files instead of the hub: split:file,... (.parquet or text)
+    input: str = "",  # local files instead of the hub: split:file,... (.parquet, .jsonl or text)
     cache_dir: str = "",  # Hugging Face datasets cache; "" = its default
 ) -> dict[str, int]:
     cache = cache_dir or None

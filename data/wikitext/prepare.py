@@ -35,7 +35,7 @@ LOCAL_HINT = "--input=train:FILE,validation:FILE,test:FILE"
 def prepare(
     out_dir: str = script_dir(__file__),
     config: str = "wikitext-103-raw-v1",
-    input: str = "",  # local files instead of the hub: split:file,... (.parquet or text)
+    input: str = "",  # local files instead of the hub: split:file,... (.parquet, .jsonl or text)
     num_proc: int = os.cpu_count() or 1,
     cache_dir: str = "",  # Hugging Face datasets cache; "" = its default
 ) -> dict[str, int]:
