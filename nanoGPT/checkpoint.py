@@ -296,11 +296,16 @@ def load_model(path: str, device: str = "cpu", expect_variant: str | None = None
 # --- the vocabulary a checkpoint was trained on -------------------------------------------
 
 def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
-    """What identifies a tokenizer's ids, saved in a checkpoint: its kind and size, and for a
-    character vocabulary the characters in id order."""
+    """What identifies a tokenizer's ids, saved in a checkpoint: its kind and size; for a
+    character vocabulary the characters in id order; for a SentencePiece model the SHA-256 of
+    its file (two models of one size trained on other text give the same ids other meanings).
+    A checkpoint is compared on the keys it saved, so older records without a key still load."""
     record: dict[str, Any] = {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
     if tokenizer.kind == "char":
         record["chars"] = "".join(tokenizer.itos[i] for i in range(tokenizer.vocab_size))
+    if tokenizer.kind == "sentencepiece":
+        with open(tokenizer.model_path, "rb") as f:
+            record["model_sha256"] = hashlib.sha256(f.read()).hexdigest()
     return record
 
 
@@ -322,6 +327,9 @@ def check_tokenizer(ckpt: dict[str, Any], tokenizer: Any, data_dir: str) -> None
         if saved.get("kind") == current["kind"] == "char" and \
                 saved["vocab_size"] == current["vocab_size"]:
             detail = " (the same number, but other characters or another order)"
+        if saved.get("kind") == current["kind"] == "sentencepiece" and \
+                saved["vocab_size"] == current["vocab_size"]:
+            detail = " (the same size, but another SentencePiece model file)"
         raise UserError(f"the vocabulary of {data_dir} ({_describe(current)}) is not the one the "
                         f"checkpoint was trained on ({_describe(saved)}){detail}: use the data "
                         "folder the model was trained on (--data_dir), or prepare it again")

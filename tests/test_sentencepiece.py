@@ -85,6 +85,19 @@ def test_load_tokenizer_finds_the_model_through_meta_pkl(sp_tokenizer, tmp_path)
             load_tokenizer(str(data_dir))
 
 
+def test_a_checkpoint_refuses_another_sentencepiece_model_of_the_same_size(sp_tokenizer, plays,
+                                                                            tmp_path):
+    from nanoGPT.checkpoint import check_tokenizer, tokenizer_record
+
+    other = SentencePieceTokenizer.train([plays["train"][150_000:]], str(tmp_path), vocab_size=700)
+    ckpt = {"tokenizer": tokenizer_record(sp_tokenizer), "model_args": {"vocab_size": 700}}
+    check_tokenizer(ckpt, sp_tokenizer, "data/a")  # its own model passes
+    with pytest.raises(UserError, match="same size, but another SentencePiece model file"):
+        check_tokenizer(ckpt, other, "data/b")
+    older = {**ckpt, "tokenizer": {"kind": "sentencepiece", "vocab_size": 700}}
+    check_tokenizer(older, other, "data/b")  # a record from before the hash: size only
+
+
 def test_too_large_a_vocabulary_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="SentencePiece training failed"):
         SentencePieceTokenizer.train(["a tiny text\n"], str(tmp_path), vocab_size=5000,
