@@ -65,6 +65,7 @@ class GaussianPosteriorSample(torch.autograd.Function):
         return sample, kl
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor):
         mu, rho, sigma, eps = ctx.saved_tensors
         prior_var = ctx.prior_sigma**2
