@@ -22,6 +22,7 @@ from augmentation.data_augmentation import (
     load_teacher,
     reference_window_perplexity,
     select_positions,
+    to_device,
 )
 from nanoGPT.config import TrainConfig
 from nanoGPT.data import TokenData
@@ -53,30 +54,43 @@ def prepare_augmenter_bench(cfg: TrainConfig, work_dir: str, train_chars: int = 
 
 
 def filter_speed(cfg: TrainConfig, work_dir: str, rows: int = 2) -> dict:
-    """Seconds for the perplexity filter's windows of one batch: batched vs one candidate per
-    forward pass, and the largest relative difference of their perplexities."""
+    """Seconds for the perplexity filter's windows of one batch, on the bench's device: batched
+    vs one candidate per forward pass (each after one warm-up call), and the largest relative
+    difference of their perplexities."""
+    from nanoGPT.train import setup_runtime  # late: the loop imports this package
+
+    device = setup_runtime(cfg).device
     data_dir = os.path.join(work_dir, "data")
     tokenizer = load_tokenizer(data_dir)
-    teacher = load_teacher(f"ckpt:{os.path.join(work_dir, 'teacher')}", "cpu", tokenizer)
+    teacher = load_teacher(f"ckpt:{os.path.join(work_dir, 'teacher')}", device, tokenizer)
     settings = dataclasses.replace(AugmentSettings.from_config(cfg), filter="perplexity",
                                    positions="one")
     augmenter = DataAugmenter(teacher, settings, seed=cfg.seed)
-    batch = TokenData(data_dir, cfg.block_size, rows, "cpu", cfg.seed).train_batch(0)
+    batch = TokenData(data_dir, cfg.block_size, rows, device, cfg.seed).train_batch(0)
     positions = select_positions(batch.starts, cfg.block_size, "one", cfg.seed)
+    full_rows = torch.cat([batch.x, batch.y[:, -1:]], dim=1).tolist()
+
+    def timed(compute):
+        compute()  # warm-up: first calls pay for allocations and, on CUDA, kernel selection
+        if teacher.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = compute()
+        if teacher.device.type == "cuda":
+            torch.cuda.synchronize()
+        return result, time.perf_counter() - t0
+
     with teacher.context():
         candidates = torch.topk(teacher.log_probs(batch.x), settings.k, dim=-1).indices
-        candidates = candidates.gather(1, torch.as_tensor(positions)[:, :, None].expand(
+        candidates = candidates.gather(1, to_device(positions, batch.x.device)[:, :, None].expand(
             -1, -1, settings.k))
-        t0 = time.perf_counter()
-        batched = augmenter.window_nll(batch.x, batch.y, positions, candidates).exp()
-        t_batched = time.perf_counter() - t0
-        full_rows = torch.cat([batch.x, batch.y[:, -1:]], dim=1).tolist()
-        t0 = time.perf_counter()
-        reference = [[[reference_window_perplexity(teacher, full_rows[b], int(positions[b, i]),
-                                                   int(c), settings.window)
-                       for c in candidates[b, i].tolist()]
-                      for i in range(positions.shape[1])] for b in range(rows)]
-        t_reference = time.perf_counter() - t0
+        batched, t_batched = timed(
+            lambda: augmenter.window_nll(batch.x, batch.y, positions, candidates).exp().cpu())
+        reference, t_reference = timed(lambda: [
+            [[reference_window_perplexity(teacher, full_rows[b], int(positions[b, i]), int(c),
+                                          settings.window)
+              for c in candidates[b, i].tolist()]
+             for i in range(positions.shape[1])] for b in range(rows)])
     reference = torch.tensor(reference)
     return {"candidates": int(np.prod(candidates.shape)), "batched_s": t_batched,
             "reference_s": t_reference, "speedup": t_reference / t_batched,
