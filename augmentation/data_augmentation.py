@@ -343,6 +343,36 @@ def top_candidates(teacher: Teacher, hidden: torch.Tensor, k: int
     return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
 
 
+def probable_candidates(teacher: Teacher, hidden: torch.Tensor, k: int, min_log_prob: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prob filter's result without a top-k over the vocabulary: (N, C) hidden rows ->
+    (log-probs, ids), each (N, k), of the at most k most likely tokens whose log-prob is
+    >= min_log_prob, most likely first; -1 ids (and -inf) fill the slots left over.
+
+    The same as top_candidates followed by the threshold (up to how exact ties at the k-th place
+    are broken): the tokens above a threshold are a prefix of the sorted top-k. But a top-k
+    over 50257 entries per row costs twice the log-softmax on the CPU, while a threshold needs
+    one comparison pass, and the few tokens above it (at most 1 / min_prob per row) are cheap
+    to sort."""
+    step = _rows_per_chunk(teacher)
+    out_ids = torch.full((hidden.size(0), k), -1, dtype=torch.long, device=hidden.device)
+    out_log_probs = torch.full((hidden.size(0), k), -math.inf, device=hidden.device)
+    for first in range(0, hidden.size(0), step):
+        log_probs = teacher.head_log_probs(hidden[first: first + step])
+        rows, ids = (log_probs >= min_log_prob).nonzero(as_tuple=True)
+        values = log_probs[rows, ids]
+        # most likely first within each row: sort by value, then (stably) by row
+        order = values.argsort(descending=True, stable=True)
+        order = order[rows[order].argsort(stable=True)]
+        rows, ids, values = rows[order], ids[order], values[order]
+        row_start = torch.searchsorted(rows, rows, right=False)
+        rank = torch.arange(rows.numel(), device=rows.device) - row_start
+        top = rank < k
+        rows, rank = rows[top] + first, rank[top]
+        out_ids[rows, rank], out_log_probs[rows, rank] = ids[top], values[top]
+    return out_log_probs, out_ids
+
+
 def target_log_probs(teacher: Teacher, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(N, C) hidden rows and (N,) ids -> (N,) teacher log-prob of each id."""
     step = _rows_per_chunk(teacher)
@@ -360,7 +390,8 @@ class Proposal:
     """The teacher's candidates for n chosen target positions of each of B rows."""
 
     positions: torch.Tensor  # (B, n) target positions t (candidates stand in for y[:, t])
-    ids: torch.Tensor  # (B, n, k) top-k candidate ids, most likely first
+    ids: torch.Tensor  # (B, n, k) top-k candidate ids, most likely first (the prob filter
+    # in training computes only the kept ones: -1 fills its other slots)
     log_probs: torch.Tensor  # (B, n, k) teacher log-probability of each candidate
     keep: torch.Tensor  # (B, n, k) bool: passed the filter
     perplexity: torch.Tensor | None = None  # (B, n, k) window perplexity, when scored
@@ -406,7 +437,11 @@ class DataAugmenter:
         with teacher.context():
             hidden = teacher.hidden(x)  # (B, T, C): output t has read x[:, 0..t]
             chosen = hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.size(-1)))
-            log_probs, ids = top_candidates(teacher, chosen.reshape(B * n, -1), s.k)
+            chosen = chosen.reshape(B * n, -1)
+            if s.filter == "prob" and not score_windows:  # only the kept ones are needed
+                log_probs, ids = probable_candidates(teacher, chosen, s.k, math.log(s.min_prob))
+            else:
+                log_probs, ids = top_candidates(teacher, chosen, s.k)
             log_probs, ids = log_probs.view(B, n, s.k), ids.view(B, n, s.k)
             perplexity = None
             if s.filter == "perplexity" or score_windows:
@@ -414,7 +449,7 @@ class DataAugmenter:
         if s.filter == "perplexity":
             keep = perplexity < s.threshold
         elif s.filter == "prob":
-            keep = log_probs >= math.log(s.min_prob)
+            keep = (log_probs >= math.log(s.min_prob)) & (ids >= 0)
         else:
             keep = torch.ones_like(ids, dtype=torch.bool)
         return Proposal(pos, ids, log_probs, keep, perplexity)

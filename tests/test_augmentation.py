@@ -18,9 +18,12 @@ from augmentation.data_augmentation import (
     CheckpointTeacher,
     DataAugmenter,
     HFTeacher,
+    Teacher,
     load_teacher,
+    probable_candidates,
     reference_window_perplexity,
     select_positions,
+    top_candidates,
 )
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
@@ -207,6 +210,40 @@ def test_batched_perplexity_filter_equals_one_candidate_at_a_time(small_char, ch
     keep = augmenter.propose(batch.x, batch.y, positions).keep
     assert torch.equal(keep, reference < threshold)
     assert 0 < keep.sum() < keep.numel()
+
+
+class SoftmaxTeacher(Teacher):
+    """A bare head over hidden rows: enough for the candidate functions."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight, self.vocab_size, self.device = weight, weight.size(0), weight.device
+
+    def head_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(hidden @ self.weight.T, dim=-1)
+
+
+@pytest.mark.parametrize("min_prob", [0.002, 0.02, 0.2])
+def test_prob_filter_without_top_k_equals_top_k_then_threshold(min_prob, monkeypatch):
+    """probable_candidates (training's prob filter) against top_candidates + the threshold, in
+    chunks of 7 rows: rows with none, some, and more than k tokens above the threshold."""
+    import augmentation.data_augmentation as augmentation_module
+
+    generator = torch.Generator().manual_seed(0)
+    teacher = SoftmaxTeacher(torch.randn(300, 16, generator=generator))
+    # from nearly flat to peaked (not exactly flat: ties at the k-th place may break either way)
+    scales = torch.tensor([0.03, 0.1, 0.5, 1.0, 3.0, 10.0]).repeat(5)[:, None]
+    hidden = torch.randn(30, 16, generator=generator) * scales
+    monkeypatch.setitem(augmentation_module.LOGIT_CHUNK_ELEMENTS, "cpu", 7 * 300)
+    k = 10
+    top_log_probs, top_ids = top_candidates(teacher, hidden, k)
+    above = top_log_probs >= np.log(min_prob)
+    log_probs, ids = probable_candidates(teacher, hidden, k, np.log(min_prob))
+    assert torch.equal(ids, torch.where(above, top_ids, -1))
+    torch.testing.assert_close(log_probs, torch.where(above, top_log_probs, -torch.inf))
+    if min_prob == 0.02:  # the case of every kind of row at once
+        kept_per_row = above.sum(1)
+        assert (kept_per_row == 0).any() and (kept_per_row == k).any()
+        assert ((0 < kept_per_row) & (kept_per_row < k)).any()
 
 
 # --- the cache ----------------------------------------------------------------------------
