@@ -391,7 +391,7 @@ class Proposal:
 
     positions: torch.Tensor  # (B, n) target positions t (candidates stand in for y[:, t])
     ids: torch.Tensor  # (B, n, k) top-k candidate ids, most likely first (the prob filter
-    # in training computes only the kept ones: -1 fills its other slots)
+    # in training on the CPU computes only the kept ones: -1 fills its other slots)
     log_probs: torch.Tensor  # (B, n, k) teacher log-probability of each candidate
     keep: torch.Tensor  # (B, n, k) bool: passed the filter
     perplexity: torch.Tensor | None = None  # (B, n, k) window perplexity, when scored
@@ -438,7 +438,9 @@ class DataAugmenter:
             hidden = teacher.hidden(x)  # (B, T, C): output t has read x[:, 0..t]
             chosen = hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.size(-1)))
             chosen = chosen.reshape(B * n, -1)
-            if s.filter == "prob" and not score_windows:  # only the kept ones are needed
+            # only the kept ones are needed; on the CPU, where a top-k over the vocabulary is
+            # slow (on CUDA it is fast, and nonzero() would make the device wait for the host)
+            if s.filter == "prob" and not score_windows and teacher.device.type == "cpu":
                 log_probs, ids = probable_candidates(teacher, chosen, s.k, math.log(s.min_prob))
             else:
                 log_probs, ids = top_candidates(teacher, chosen, s.k)
