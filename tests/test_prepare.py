@@ -269,11 +269,12 @@ def unreachable_hub(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_wikitext_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["wikitext", "tinystories"])
+def test_hub_data_set_unreachable_fails_fast(name, tmp_path, monkeypatch):
     unreachable_hub(monkeypatch)
     start = time.perf_counter()
     with pytest.raises(UserError, match="cannot reach huggingface.co.*--input=train:FILE"):
-        load_script("wikitext").prepare(out_dir=str(tmp_path))
+        load_script(name).prepare(out_dir=str(tmp_path))
     assert time.perf_counter() - start < 2
     assert not os.listdir(tmp_path)
 
