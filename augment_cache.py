@@ -8,6 +8,7 @@ the one that run reads with --augment_source=cache: <data_dir>/train.aug_<name>.
 batch_size blocks of block_size tokens go through the teacher at a time. Interrupted, it
 continues where it stopped when run again with the same settings. See augmentation/cache.py.
 """
+
 from __future__ import annotations
 
 import sys

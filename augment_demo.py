@@ -10,6 +10,7 @@ what follows it is scored by the perplexity filter. Without brackets the target 
 token. The tokenizer is the teacher's: GPT-2 BPE for a Hugging Face teacher, the data of its
 training run for ckpt:<out_dir> (or --data_dir).
 """
+
 from __future__ import annotations
 
 import re
@@ -49,7 +50,7 @@ def demo_tokenizer(cfg: DemoConfig) -> Tokenizer:
     if cfg.data_dir:
         return load_tokenizer(cfg.data_dir)
     if cfg.teacher.startswith(CKPT_PREFIX):
-        path = checkpoint_file(cfg.teacher[len(CKPT_PREFIX):])
+        path = checkpoint_file(cfg.teacher[len(CKPT_PREFIX) :])
         return checkpoint_tokenizer(load_checkpoint(path))
     return gpt2_tokenizer()
 
@@ -61,8 +62,8 @@ def encode_marked(tokenizer: Tokenizer, text: str) -> tuple[list[int], int]:
     if marked is None:
         ids = tokenizer.encode(text)
         return ids, len(ids) - 1
-    before = text[:marked.start()]
-    ids = tokenizer.encode(before + marked.group(1) + text[marked.end():])
+    before = text[: marked.start()]
+    ids = tokenizer.encode(before + marked.group(1) + text[marked.end() :])
     for end in range(1, len(ids) + 1):
         if len(tokenizer.decode(ids[:end])) > len(before):
             return ids, end - 1
@@ -80,16 +81,18 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     if target < 1 or target >= len(ids):
         raise UserError("the text needs at least one token of context before the target")
     if len(ids) - 1 > teacher.block_size:
-        raise UserError(f"the text is {len(ids)} tokens, more than the teacher's context "
-                        f"of {teacher.block_size}")
+        raise UserError(
+            f"the text is {len(ids)} tokens, more than the teacher's context of {teacher.block_size}"
+        )
     row = torch.tensor([ids], device=device)
     augmenter = DataAugmenter(teacher, settings)
-    proposal = augmenter.propose(row[:, :-1], row[:, 1:], np.array([[target - 1]]),
-                                 score_windows=True)
+    proposal = augmenter.propose(row[:, :-1], row[:, 1:], np.array([[target - 1]]), score_windows=True)
     show = lambda token_ids: repr(tokenizer.decode(token_ids))
     print(f"teacher {teacher.name}, filter {settings.filter}, top {settings.k}")
-    print(f"context {show(ids[:target])} -> true next token {show(ids[target:target + 1])}, "
-          f"then {show(ids[target + 1:])}")
+    print(
+        f"context {show(ids[:target])} -> true next token {show(ids[target : target + 1])}, "
+        f"then {show(ids[target + 1 :])}"
+    )
     print(f"{'rank':>4}  {'candidate':<16} {'prob':>8} {'window ppl':>11}  kept")
     rows = []
     for rank in range(settings.k):
@@ -98,10 +101,19 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
         ppl = float(proposal.perplexity[0, 0, rank])
         kept = bool(proposal.keep[0, 0, rank])
         true = "  (true)" if candidate == ids[target] else ""
-        print(f"{rank + 1:>4}  {show([candidate]):<16} {prob:>8.4f} {ppl:>11.2f}  "
-              f"{'yes' if kept else 'no'}{true}")
-        rows.append({"id": candidate, "token": tokenizer.decode([candidate]), "prob": prob,
-                     "window_ppl": ppl, "kept": kept})
+        print(
+            f"{rank + 1:>4}  {show([candidate]):<16} {prob:>8.4f} {ppl:>11.2f}  "
+            f"{'yes' if kept else 'no'}{true}"
+        )
+        rows.append(
+            {
+                "id": candidate,
+                "token": tokenizer.decode([candidate]),
+                "prob": prob,
+                "window_ppl": ppl,
+                "kept": kept,
+            }
+        )
     kept_tokens = [show([r["id"]]) for r in rows if r["kept"]]
     print(f"kept {len(kept_tokens)} of {settings.k}: {', '.join(kept_tokens)}")
     return rows

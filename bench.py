@@ -12,6 +12,7 @@ Each variant runs in a fresh process so its peak memory is its own: peak RSS on 
 max allocated on CUDA. Times are after warm-up.
     python bench.py --augmenter=True   # + sigmoid with online / cached augmentation, filter speed
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,8 +113,11 @@ def measure(cfg: BenchConfig) -> dict:
     if rt.device_type == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / cfg.iters
-    result = {"variant": cfg.label or cfg.child, "ms_per_iter": dt * 1000,
-              "tokens_per_s": cfg.batch_size * cfg.block_size / dt}
+    result = {
+        "variant": cfg.label or cfg.child,
+        "ms_per_iter": dt * 1000,
+        "tokens_per_s": cfg.batch_size * cfg.block_size / dt,
+    }
     if rt.device_type == "cuda":
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -124,20 +128,24 @@ def measure(cfg: BenchConfig) -> dict:
 def table(results: list[dict]) -> str:
     """Markdown rows, with time and peak memory as ratios against the baseline of this run."""
     base = next((r for r in results if r["variant"] == "baseline"), results[0])
-    lines = ["| variant | ms/iter | tokens/s | peak mem MB | time x | memory x |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | ms/iter | tokens/s | peak mem MB | time x | memory x |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         lines.append(
             f"| {r['variant']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:.0f} | "
             f"{r['peak_mem_mb']:.0f} | {r['ms_per_iter'] / base['ms_per_iter']:.2f} | "
-            f"{r['peak_mem_mb'] / base['peak_mem_mb']:.2f} |")
+            f"{r['peak_mem_mb'] / base['peak_mem_mb']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def run_child(argv: list[str], variant: str) -> dict:
     """measure() in a fresh process, so that its peak memory is its own."""
-    proc = subprocess.run([sys.executable, __file__, *argv, f"--child={variant}"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv, f"--child={variant}"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise UserError(f"{variant} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -147,15 +155,15 @@ def trunk_params(cfg: BenchConfig) -> int:
     """Parameters of the trunk alone: without the token and position embeddings (the head
     is tied to the former), which do not depend on the architecture."""
     model = GPT(cfg.model_args())
-    embeddings = sum(m.weight.numel() for name, m in model.transformer.items()
-                     if name in ("wte", "wpe"))
+    embeddings = sum(m.weight.numel() for name, m in model.transformer.items() if name in ("wte", "wpe"))
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 
 def matching_gpt_layers(cfg: BenchConfig) -> int:
     """The number of GPT-2 layers (same width) whose trunk is closest to cfg's in size."""
-    gpt = dataclasses.replace(cfg, arch="gpt", progressive_group=0, norm="layernorm",
-                              mlp="gelu", pos_emb="learned", bias=True)
+    gpt = dataclasses.replace(
+        cfg, arch="gpt", progressive_group=0, norm="layernorm", mlp="gelu", pos_emb="learned", bias=True
+    )
     one, two = (trunk_params(dataclasses.replace(gpt, n_layer=n)) for n in (1, 2))
     return max(1, round((trunk_params(cfg) - (2 * one - two)) / (two - one)))
 
@@ -177,22 +185,32 @@ def compare_archs(cfg: BenchConfig, argv: list[str], variants: list[str]) -> lis
         for variant in variants:
             result = dict(medians[tuple(ARCHS[name]), variant])
             reference = medians[(f"--n_layer={layers[name]}",), variant]
-            result.update(arch=name, trunk_params=trunk_params(apply_config(cfg, ARCHS[name])),
-                          ref_layers=layers[name], ref_ms_per_iter=reference["ms_per_iter"],
-                          ref_mem_mb=reference.get("train_mem_mb", reference["peak_mem_mb"]))
-            print(f"  {name}/{variant}: {result['ms_per_iter']:.1f} ms/iter, GPT-2 with "
-                  f"{layers[name]} layers {reference['ms_per_iter']:.1f}", flush=True)
+            result.update(
+                arch=name,
+                trunk_params=trunk_params(apply_config(cfg, ARCHS[name])),
+                ref_layers=layers[name],
+                ref_ms_per_iter=reference["ms_per_iter"],
+                ref_mem_mb=reference.get("train_mem_mb", reference["peak_mem_mb"]),
+            )
+            print(
+                f"  {name}/{variant}: {result['ms_per_iter']:.1f} ms/iter, GPT-2 with "
+                f"{layers[name]} layers {reference['ms_per_iter']:.1f}",
+                flush=True,
+            )
             results.append(result)
-    lines = ["| arch | variant | trunk params M | ms/iter | train mem MB | GPT-2 layers "
-             "(same size) | its ms/iter | its mem MB | time x | memory x |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arch | variant | trunk params M | ms/iter | train mem MB | GPT-2 layers "
+        "(same size) | its ms/iter | its mem MB | time x | memory x |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         mem = r.get("train_mem_mb", r["peak_mem_mb"])
         lines.append(
             f"| {r['arch']} | {r['variant']} | {r['trunk_params'] / 1e6:.2f} | "
             f"{r['ms_per_iter']:.1f} | {mem:.0f} | {r['ref_layers']} | "
             f"{r['ref_ms_per_iter']:.1f} | {r['ref_mem_mb']:.0f} | "
-            f"{r['ms_per_iter'] / r['ref_ms_per_iter']:.2f} | {mem / max(r['ref_mem_mb'], 1):.2f} |")
+            f"{r['ms_per_iter'] / r['ref_ms_per_iter']:.2f} | {mem / max(r['ref_mem_mb'], 1):.2f} |"
+        )
     print("\n".join(lines))
     return results
 
@@ -208,8 +226,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    print(f"bench: {cfg.n_layer} layers, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
-          f"batch {cfg.batch_size}x{cfg.block_size}, {cfg.iters} timed iters after {cfg.warmup}")
+    print(
+        f"bench: {cfg.n_layer} layers, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
+        f"batch {cfg.batch_size}x{cfg.block_size}, {cfg.iters} timed iters after {cfg.warmup}"
+    )
     if cfg.archs:
         return compare_archs(cfg, argv, variants)
     runs = [(variant, []) for variant in variants]
@@ -218,19 +238,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with tempfile.TemporaryDirectory() as work_dir:
             augment = prepare_augmenter_bench(cfg, work_dir)
             online = [*augment, "--augment_source=online"]
-            runs += [("sigmoid", [*online, "--label=sigmoid+aug online, every position"]),
-                     ("sigmoid", [*online, "--augment_positions=one",
-                                  "--label=sigmoid+aug online, one position"]),
-                     ("sigmoid", [*augment, "--augment_source=cache", "--label=sigmoid+aug cache"])]
+            runs += [
+                ("sigmoid", [*online, "--label=sigmoid+aug online, every position"]),
+                ("sigmoid", [*online, "--augment_positions=one", "--label=sigmoid+aug online, one position"]),
+                ("sigmoid", [*augment, "--augment_source=cache", "--label=sigmoid+aug cache"]),
+            ]
             results = measure_all(runs, argv, cfg.repeats)
             speed = filter_speed(cfg, work_dir)
     else:
         results = measure_all(runs, argv, cfg.repeats)
     print(table(results))
     if speed:
-        print(f"perplexity filter, {speed['candidates']} candidates: batched {speed['batched_s']:.2f} s, "
-              f"one forward pass per candidate {speed['reference_s']:.2f} s: {speed['speedup']:.1f}x; "
-              f"max relative difference {speed['max_rel_diff']:.1e}, same kept: {speed['same_kept']}")
+        print(
+            f"perplexity filter, {speed['candidates']} candidates: batched {speed['batched_s']:.2f} s, "
+            f"one forward pass per candidate {speed['reference_s']:.2f} s: {speed['speedup']:.1f}x; "
+            f"max relative difference {speed['max_rel_diff']:.1e}, same kept: {speed['same_kept']}"
+        )
         results.append({"perplexity_filter": speed})
     return results
 
@@ -243,10 +266,12 @@ def measure_all(runs: list[tuple[str, list[str]]], argv: list[str], repeats: int
     for round_index in range(repeats):
         for (variant, extra_argv), results in zip(runs, measured):
             results.append(run_child([*argv, *extra_argv], variant))
-            print(f"  {results[-1]['variant']} (round {round_index + 1}/{repeats}): "
-                  f"{results[-1]['ms_per_iter']:.1f} ms/iter", flush=True)
-    return [sorted(results, key=lambda r: r["ms_per_iter"])[len(results) // 2]
-            for results in measured]
+            print(
+                f"  {results[-1]['variant']} (round {round_index + 1}/{repeats}): "
+                f"{results[-1]['ms_per_iter']:.1f} ms/iter",
+                flush=True,
+            )
+    return [sorted(results, key=lambda r: r["ms_per_iter"])[len(results) // 2] for results in measured]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ A rerun reuses every finished checkpoint (and its cached evaluation) and resumes
 interrupted run from its last checkpoint, so an interrupted comparison continues where it
 stopped. Checkpoints live in <out_dir>/<variant>-seed<seed>/.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,6 +56,7 @@ TRAIN_TIME = "compare_train.json"  # seconds spent training the run, over all in
 @dataclass
 class CompareConfig(TrainConfig):
     """TrainConfig (the budget every run shares) plus what the comparison adds."""
+
     name: str = "compare"  # the report goes to <log_dir>/<name>/
     out_dir: str = "out/compare"  # checkpoints: <out_dir>/<variant>-seed<seed>/
     variants: str = ",".join(VARIANTS)  # comma-separated; baseline is always included
@@ -89,10 +91,15 @@ COLUMNS = [
     Column("acc", "acc", "higher", "top-1 next-token accuracy"),
     Column("ece", "ECE", "lower", "expected calibration error, 15 bins of top-1 confidence"),
     Column("brier", "Brier", "lower", "multi-class Brier score"),
-    Column("mutual_information", "MI", "",
-           "Bayesian heads: mutual information (epistemic uncertainty), nats/token"),
-    Column("bce", "BCE", "lower",
-           "sigmoid heads: BCE against the one-hot true token, summed over the vocabulary"),
+    Column(
+        "mutual_information",
+        "MI",
+        "",
+        "Bayesian heads: mutual information (epistemic uncertainty), nats/token",
+    ),
+    Column(
+        "bce", "BCE", "lower", "sigmoid heads: BCE against the one-hot true token, summed over the vocabulary"
+    ),
     Column("set_size", "set size", "", "sigmoid heads: mean |{v: sigma(z_v) > 0.5}|"),
     Column("set_has_true", "set has true", "", "sigmoid heads: how often that set holds the truth"),
     Column("distinct_1", "dist-1", "higher", "samples: distinct unigrams / all (words)"),
@@ -100,22 +107,48 @@ COLUMNS = [
     Column("distinct_3", "dist-3", "higher", "samples: distinct trigrams / all (words)"),
     Column("distinct_4", "dist-4", "higher", "samples: distinct 4-grams / all (words)"),
     Column("self_bleu", "self-BLEU", "lower", "samples: BLEU-4 of each against the others (words)"),
-    Column("sample_ppl", "judge ppl", "lower",
-           "samples: perplexity the baseline (first seed) assigns to the generated tokens; "
-           "a quality proxy that favours the baseline's own samples"),
+    Column(
+        "sample_ppl",
+        "judge ppl",
+        "lower",
+        "samples: perplexity the baseline (first seed) assigns to the generated tokens; "
+        "a quality proxy that favours the baseline's own samples",
+    ),
     Column("ms_per_iter", "ms/iter", "lower", "training speed: median ms per iteration"),
 ]
 # keys of a checkpoint's config that do not change what a run learns: a run that differs from
 # the comparison's budget only in these is the same run
 NOT_THE_RUN = {
-    "out_dir", "log_dir", "run_name", "init_from", "eval_interval", "eval_iters",
-    "log_interval", "eval_only", "eval_split", "sample_interval", "sample_tokens",
-    "sample_prompt", "wandb_log", "wandb_project", "wandb_run_name", "device", "dtype",
-    "compile", "backend", "peak_flops", "checkpoint_interval", "checkpoint_minutes",
-    "keep_checkpoints", "max_bad_steps", "debug_nan_at_iter", "debug_nan_steps",
+    "out_dir",
+    "log_dir",
+    "run_name",
+    "init_from",
+    "eval_interval",
+    "eval_iters",
+    "log_interval",
+    "eval_only",
+    "eval_split",
+    "sample_interval",
+    "sample_tokens",
+    "sample_prompt",
+    "wandb_log",
+    "wandb_project",
+    "wandb_run_name",
+    "device",
+    "dtype",
+    "compile",
+    "backend",
+    "peak_flops",
+    "checkpoint_interval",
+    "checkpoint_minutes",
+    "keep_checkpoints",
+    "max_bad_steps",
+    "debug_nan_at_iter",
+    "debug_nan_steps",
     "debug_save_pause_s",
     # the augmenter's targets are the same online or read from its cache
-    "augment_source", "augment_cache",
+    "augment_source",
+    "augment_cache",
 }
 
 
@@ -142,8 +175,7 @@ def parse_variants(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     for name in names:
         if name not in VARIANTS:
-            raise UserError(f"unknown variant {name!r} in variants; "
-                            f"choose from {', '.join(VARIANTS)}")
+            raise UserError(f"unknown variant {name!r} in variants; choose from {', '.join(VARIANTS)}")
     return [REFERENCE] + [v for v in dict.fromkeys(names) if v != REFERENCE]
 
 
@@ -191,10 +223,15 @@ def plan_runs(cfg: CompareConfig, data_dir: str) -> list[Run]:
             multi_hot = VARIANTS[variant].uses_extra_positives
             name = f"{variant}-seed{seed}"
             run_cfg = dataclasses.replace(
-                base, variant=variant, seed=seed, data_dir=data_dir,
+                base,
+                variant=variant,
+                seed=seed,
+                data_dir=data_dir,
                 out_dir=os.path.join(cfg.out_dir, name),
-                log_dir=os.path.join(cfg.log_dir, cfg.name), run_name=name,
-                init_from="scratch", eval_split=held_out,
+                log_dir=os.path.join(cfg.log_dir, cfg.name),
+                run_name=name,
+                init_from="scratch",
+                eval_split=held_out,
                 augment=cfg.augment and multi_hot,
                 # softmax runs carry no teacher: their config does not depend on it
                 teacher=teacher if cfg.augment and multi_hot else "",
@@ -257,6 +294,7 @@ def training_seconds(run: Run) -> float:
 
 # --- evaluation ---------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def generate_samples(
     model: GPT, tokenizer: Tokenizer, prompts: Sequence[str], cfg: CompareConfig, rt: Runtime
@@ -270,21 +308,22 @@ def generate_samples(
         if not ids:
             raise UserError(f"prompt {prompt!r} encodes to no tokens")
         if len(ids) >= model.config.block_size:
-            raise UserError(f"prompt {prompt[:40]!r} has {len(ids)} tokens, not fewer than "
-                            f"block_size={model.config.block_size}")
+            raise UserError(
+                f"prompt {prompt[:40]!r} has {len(ids)} tokens, not fewer than "
+                f"block_size={model.config.block_size}"
+            )
         idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=rt.device)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.sample_seed + i)
             with rt.autocast():
                 out = generate(model, idx, cfg.sample_tokens, cfg.temperature, cfg.top_k)
         for row in out.tolist():
-            samples.append({"prompt": prompt, "prompt_ids": ids, "ids": row[len(ids):]})
+            samples.append({"prompt": prompt, "prompt_ids": ids, "ids": row[len(ids) :]})
     return samples
 
 
 @torch.no_grad()
-def judge_nll(judge: GPT, prompt_ids: list[int], generated: list[int], rt: Runtime
-              ) -> tuple[float, int]:
+def judge_nll(judge: GPT, prompt_ids: list[int], generated: list[int], rt: Runtime) -> tuple[float, int]:
     """Summed NLL the judge assigns to the generated tokens after the prompt, and their count.
 
     Each generated token is predicted from the up to block_size tokens before it, the context
@@ -299,17 +338,17 @@ def judge_nll(judge: GPT, prompt_ids: list[int], generated: list[int], rt: Runti
         with rt.autocast():
             hidden = judge.hidden_states(idx[:, :-1])[:, from_position:]
         log_probs = judge.variant.log_probs(hidden).float()
-        targets = idx[:, from_position + 1:]
+        targets = idx[:, from_position + 1 :]
         return -log_probs.gather(-1, targets.unsqueeze(-1)).sum().item()
 
     total = 0.0
-    head = sequence[:block + 1]
+    head = sequence[: block + 1]
     if first < len(head):  # output i of the head predicts its token i + 1
         total += nll_of([head], first - 1)
-    later = [sequence[j - block: j + 1] for j in range(max(block + 1, first), len(sequence))]
+    later = [sequence[j - block : j + 1] for j in range(max(block + 1, first), len(sequence))]
     per_pass = max(1, 2**16 // block)
     for i in range(0, len(later), per_pass):
-        total += nll_of(later[i: i + per_pass], block - 1)
+        total += nll_of(later[i : i + per_pass], block - 1)
     return total, len(generated)
 
 
@@ -325,14 +364,18 @@ def text_scores(texts: Sequence[str]) -> dict[str, float]:
 def median_ms_per_iter(metrics_path: str) -> float:
     if not os.path.isfile(metrics_path):
         return math.nan
-    times = [r["ms_per_iter"] for r in read_metrics(metrics_path).get("train", [])
-             if "ms_per_iter" in r]
+    times = [r["ms_per_iter"] for r in read_metrics(metrics_path).get("train", []) if "ms_per_iter" in r]
     return statistics.median(times) if times else math.nan
 
 
 def evaluate_run(
-    run: Run, cfg: CompareConfig, judge: GPT, judge_path: str, tokenizer: Tokenizer,
-    prompts: list[str], rt: Runtime,
+    run: Run,
+    cfg: CompareConfig,
+    judge: GPT,
+    judge_path: str,
+    tokenizer: Tokenizer,
+    prompts: list[str],
+    rt: Runtime,
 ) -> dict:
     """Held-out metrics, reliability bins and scored samples of a run's final checkpoint,
     cached beside its logs (keyed by the checkpoint and the evaluation settings)."""
@@ -340,10 +383,15 @@ def evaluate_run(
     key = {
         "checkpoint": [path, os.stat(path).st_mtime_ns],
         "judge": [judge_path, os.stat(judge_path).st_mtime_ns],
-        "split": run.cfg.eval_split, "final_eval_iters": cfg.final_eval_iters,
-        "block_size": cfg.block_size, "batch_size": cfg.batch_size, "prompts": prompts,
-        **{k: getattr(cfg, k) for k in ("num_samples", "sample_tokens", "temperature",
-                                        "top_k", "sample_seed")},
+        "split": run.cfg.eval_split,
+        "final_eval_iters": cfg.final_eval_iters,
+        "block_size": cfg.block_size,
+        "batch_size": cfg.batch_size,
+        "prompts": prompts,
+        **{
+            k: getattr(cfg, k)
+            for k in ("num_samples", "sample_tokens", "temperature", "top_k", "sample_seed")
+        },
     }
     cache_path = os.path.join(run.log_path, EVAL_CACHE)
     if os.path.isfile(cache_path):
@@ -358,8 +406,16 @@ def evaluate_run(
     data = TokenData(run.cfg.data_dir, cfg.block_size, cfg.batch_size, rt.device, run.seed)
     token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), device=rt.device)
     accumulator = MetricAccumulator(device=rt.device)
-    metrics = evaluate(model, data, run.cfg.eval_split, cfg.final_eval_iters, token_bytes,
-                       rt.autocast(), seed=run.seed, accumulator=accumulator)
+    metrics = evaluate(
+        model,
+        data,
+        run.cfg.eval_split,
+        cfg.final_eval_iters,
+        token_bytes,
+        rt.autocast(),
+        seed=run.seed,
+        accumulator=accumulator,
+    )
     samples = generate_samples(model, tokenizer, prompts, cfg, rt)
     nll_sum, scored = 0.0, 0
     for sample in samples:
@@ -370,7 +426,9 @@ def evaluate_run(
     metrics["sample_ppl"] = math.exp(nll_sum / scored) if scored else math.nan
     metrics["ms_per_iter"] = median_ms_per_iter(os.path.join(run.log_path, "metrics.jsonl"))
     result = {
-        "iter": iter_num, "metrics": metrics, "reliability": accumulator.reliability(),
+        "iter": iter_num,
+        "metrics": metrics,
+        "reliability": accumulator.reliability(),
         "samples": [{"prompt": s["prompt"], "text": t} for s, t in zip(samples, texts)],
     }
     os.makedirs(run.log_path, exist_ok=True)
@@ -380,12 +438,14 @@ def evaluate_run(
 
 # --- the report -----------------------------------------------------------------------------
 
+
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def summarize(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]]
-              ) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(
+    per_seed: Mapping[str, Mapping[int, Mapping[str, float]]],
+) -> dict[str, dict[str, dict[str, float]]]:
     """variant -> seed -> metrics  =>  variant -> metric -> {mean, std, n} over the seeds
     (std: sample standard deviation, 0 for one seed; non-finite values are left out)."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
@@ -396,13 +456,13 @@ def summarize(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]]
             values = [m[name] for m in seeds.values() if finite(m.get(name))]
             if values:
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
-                summary[variant][name] = {"mean": statistics.fmean(values), "std": std,
-                                          "n": len(values)}
+                summary[variant][name] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
     return summary
 
 
-def best_variants(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
-                  columns: Sequence[Column]) -> dict[str, set[str]]:
+def best_variants(
+    summary: Mapping[str, Mapping[str, Mapping[str, float]]], columns: Sequence[Column]
+) -> dict[str, set[str]]:
     """Column key -> the variants whose mean is the best in that column (ties all win);
     columns without a direction, with fewer than two values, or where all tie have no best."""
     best: dict[str, set[str]] = {}
@@ -426,14 +486,16 @@ def format_cell(stats: Mapping[str, float] | None) -> str:
     return f"{text} ± {stats['std']:.2g}" if stats["n"] > 1 else text
 
 
-def shown_columns(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
-                  columns: Sequence[Column] = COLUMNS) -> list[Column]:
+def shown_columns(
+    summary: Mapping[str, Mapping[str, Mapping[str, float]]], columns: Sequence[Column] = COLUMNS
+) -> list[Column]:
     """The columns that at least one variant has a value for."""
     return [c for c in columns if any(c.key in s for s in summary.values())]
 
 
-def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
-                 columns: Sequence[Column] = COLUMNS) -> str:
+def format_table(
+    summary: Mapping[str, Mapping[str, Mapping[str, float]]], columns: Sequence[Column] = COLUMNS
+) -> str:
     """One markdown table: a row per variant, a column per metric any variant has, the best
     value of each column in bold; ↓ lower is better, ↑ higher is better."""
     shown = shown_columns(summary, columns)
@@ -482,8 +544,14 @@ def write_samples_markdown(path: str, results: Mapping[str, Mapping[int, dict]])
 
 
 def write_report(
-    path: str, cfg: CompareConfig, command: str, summary: Mapping, runs: Sequence[Run],
-    statuses: Mapping[str, str], wall_s: float, tokens_evaluated: float,
+    path: str,
+    cfg: CompareConfig,
+    command: str,
+    summary: Mapping,
+    runs: Sequence[Run],
+    statuses: Mapping[str, str],
+    wall_s: float,
+    tokens_evaluated: float,
 ) -> None:
     first = runs[0].cfg
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
@@ -494,9 +562,13 @@ def write_report(
     train_s = {r.name: training_seconds(r) for r in runs}
     run_lines = "\n".join(
         f"- {r.name}: {statuses[r.name]} ({r.cfg.out_dir}), "
-        + (f"trained in {train_s[r.name] / 60:.1f} min" if finite(train_s[r.name])
-           else "not trained by compare.py")
-        for r in runs)
+        + (
+            f"trained in {train_s[r.name] / 60:.1f} min"
+            if finite(train_s[r.name])
+            else "not trained by compare.py"
+        )
+        for r in runs
+    )
     total_train_s = sum(t for t in train_s.values() if finite(t))
     total_tokens = cfg.max_iters * tokens_per_iter
     text = f"""# Comparison `{cfg.name}`
@@ -546,9 +618,11 @@ All samples: [samples.md](samples.md); every number: [results.json](results.json
 def compare(cfg: CompareConfig, command: str = "") -> dict:
     """Run the whole comparison; returns what results.json holds."""
     if int(os.environ.get("RANK", -1)) != -1:
-        raise UserError("compare.py runs as one process: train the runs with torchrun "
-                        "train_<variant>.py into <out_dir>/<variant>-seed<seed>, then compare.py "
-                        "reuses those checkpoints")
+        raise UserError(
+            "compare.py runs as one process: train the runs with torchrun "
+            "train_<variant>.py into <out_dir>/<variant>-seed<seed>, then compare.py "
+            "reuses those checkpoints"
+        )
     started = time.time()
     data_dir = ensure_data(cfg)
     runs = plan_runs(cfg, data_dir)
@@ -558,8 +632,10 @@ def compare(cfg: CompareConfig, command: str = "") -> dict:
 
     statuses: dict[str, str] = {}
     for i, run in enumerate(runs, 1):
-        stage(f"[{i}/{len(runs)}] train {run.name}"
-              + (f" (augmenter, teacher {run.cfg.teacher})" if run.cfg.augment else ""))
+        stage(
+            f"[{i}/{len(runs)}] train {run.name}"
+            + (f" (augmenter, teacher {run.cfg.teacher})" if run.cfg.augment else "")
+        )
         t0 = time.time()
         statuses[run.name] = train_or_reuse(run)
         stage(f"[{i}/{len(runs)}] {run.name}: {statuses[run.name]} ({time.time() - t0:.0f} s)")
@@ -570,39 +646,52 @@ def compare(cfg: CompareConfig, command: str = "") -> dict:
     judge, _ = load_model(judge_path, rt.device, expect_variant=REFERENCE)
     results: dict[str, dict[int, dict]] = {}
     for i, run in enumerate(runs, 1):
-        stage(f"[{i}/{len(runs)}] evaluate {run.name} on {run.cfg.eval_split} "
-              f"({cfg.final_eval_iters} batches) and sample {len(prompts)} x {cfg.num_samples}")
+        stage(
+            f"[{i}/{len(runs)}] evaluate {run.name} on {run.cfg.eval_split} "
+            f"({cfg.final_eval_iters} batches) and sample {len(prompts)} x {cfg.num_samples}"
+        )
         result = evaluate_run(run, cfg, judge, judge_path, tokenizer, prompts, rt)
         results.setdefault(run.variant, {})[run.seed] = result
 
-    summary = summarize({v: {s: r["metrics"] for s, r in seeds.items()}
-                         for v, seeds in results.items()})
+    summary = summarize({v: {s: r["metrics"] for s, r in seeds.items()} for v, seeds in results.items()})
     table = format_table(summary)
     stage(f"writing the report to {report_dir}")
-    plot_loss_curves({r.name: os.path.join(r.log_path, "metrics.jsonl") for r in runs},
-                     os.path.join(report_dir, "loss.png"),
-                     groups={r.name: r.variant for r in runs}, title=cfg.name)
+    plot_loss_curves(
+        {r.name: os.path.join(r.log_path, "metrics.jsonl") for r in runs},
+        os.path.join(report_dir, "loss.png"),
+        groups={r.name: r.variant for r in runs},
+        title=cfg.name,
+    )
     first_seed = {v: seeds[runs[0].seed] for v, seeds in results.items()}
-    plot_reliability({v: r["reliability"] for v, r in first_seed.items()},
-                     os.path.join(report_dir, "reliability.png"),
-                     ece={v: r["metrics"]["ece"] for v, r in first_seed.items()},
-                     title=f"reliability on {runs[0].cfg.eval_split}, seed {runs[0].seed}")
+    plot_reliability(
+        {v: r["reliability"] for v, r in first_seed.items()},
+        os.path.join(report_dir, "reliability.png"),
+        ece={v: r["metrics"]["ece"] for v, r in first_seed.items()},
+        title=f"reliability on {runs[0].cfg.eval_split}, seed {runs[0].seed}",
+    )
     # one sample per prompt and variant: the same prompt and seed side by side
-    plot_samples({v: [s["prompt"] + s["text"] for s in r["samples"][::cfg.num_samples]]
-                  for v, r in first_seed.items()}, os.path.join(report_dir, "samples.png"))
+    plot_samples(
+        {
+            v: [s["prompt"] + s["text"] for s in r["samples"][:: cfg.num_samples]]
+            for v, r in first_seed.items()
+        },
+        os.path.join(report_dir, "samples.png"),
+    )
     write_samples_markdown(os.path.join(report_dir, "samples.md"), results)
     wall_s = time.time() - started
     output = {
-        "command": command, "config": dataclasses.asdict(cfg), "wall_s": wall_s,
-        "statuses": statuses, "train_s": {r.name: training_seconds(r) for r in runs},
+        "command": command,
+        "config": dataclasses.asdict(cfg),
+        "wall_s": wall_s,
+        "statuses": statuses,
+        "train_s": {r.name: training_seconds(r) for r in runs},
         "summary": summary,
         "best": {k: sorted(v) for k, v in best_variants(summary, COLUMNS).items()},
         "runs": {v: {str(s): r for s, r in seeds.items()} for v, seeds in results.items()},
     }
     write_json(os.path.join(report_dir, "results.json"), output)
     tokens = next(iter(first_seed.values()))["metrics"]["tokens"]
-    write_report(os.path.join(report_dir, "report.md"), cfg, command, summary, runs, statuses,
-                 wall_s, tokens)
+    write_report(os.path.join(report_dir, "report.md"), cfg, command, summary, runs, statuses, wall_s, tokens)
     print()
     print(table)
     print(f"\n{os.path.join(report_dir, 'report.md')} ({wall_s / 60:.1f} min)")

@@ -6,6 +6,7 @@
 A path is a metrics.jsonl, a run folder holding one, or a folder of run folders. Runs named
 <variant>-seed<N> (compare.py's) share a colour per variant.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,8 +1,9 @@
 """Sample from a trained checkpoint of any variant, through that variant's predictive.
 
-    python sample.py --out_dir=out/baseline-shakespeare-char --start="ROMEO:" --num_samples=3
-    python sample.py --out_dir=out/x --start=FILE:prompt.txt --top_p=0.9 --temperature=0.8
+python sample.py --out_dir=out/baseline-shakespeare-char --start="ROMEO:" --num_samples=3
+python sample.py --out_dir=out/x --start=FILE:prompt.txt --top_p=0.9 --temperature=0.8
 """
+
 from __future__ import annotations
 
 import os
@@ -56,13 +57,22 @@ def sample(cfg: SampleConfig) -> list[str]:
         raise UserError("the prompt encodes to no tokens")
     block = model.config.block_size
     if len(ids) > block:
-        print(f"warning: prompt of {len(ids)} tokens cropped to the last {block} (block_size)",
-              file=sys.stderr)
+        print(
+            f"warning: prompt of {len(ids)} tokens cropped to the last {block} (block_size)", file=sys.stderr
+        )
         ids = ids[-block:]
     torch.manual_seed(cfg.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    out = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                   cfg.greedy, cfg.no_repeat_ngram_size)
+    out = generate(
+        model,
+        idx,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.top_p,
+        cfg.greedy,
+        cfg.no_repeat_ngram_size,
+    )
     return [tokenizer.decode(row.tolist()) for row in out]
 
 

@@ -1,4 +1,5 @@
 """Train a GPT with the 'smooth' output objective through the one loop (nanoGPT/train.py)."""
+
 from nanoGPT.train import main
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Online (augment_source=online): augmentation/data_augmentation.py runs the teach
 batch. From a cache (augment_source=cache): augmentation/cache.py reads what augment_cache.py
 computed once over train.bin.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,14 +18,16 @@ from nanoGPT.errors import UserError
 SOURCES = ("online", "cache")
 
 
-def build_augmenter(cfg: TrainConfig, model, data: TokenData, device: str
-                    ) -> Callable[[Batch], torch.Tensor] | None:
+def build_augmenter(
+    cfg: TrainConfig, model, data: TokenData, device: str
+) -> Callable[[Batch], torch.Tensor] | None:
     """A callable batch -> (B, T, K) extra positive ids padded with -1, or None when off."""
     if not cfg.augment:
         return None
     if not model.variant.uses_extra_positives:
-        raise UserError(f"augment=True needs a multi-hot variant (sigmoid, bayes_sigmoid), "
-                        f"not {cfg.variant!r}")
+        raise UserError(
+            f"augment=True needs a multi-hot variant (sigmoid, bayes_sigmoid), not {cfg.variant!r}"
+        )
     from augmentation.cache import open_cache
     from augmentation.data_augmentation import (
         AugmentSettings,
@@ -35,8 +38,7 @@ def build_augmenter(cfg: TrainConfig, model, data: TokenData, device: str
     from nanoGPT.tokenizer import load_tokenizer
 
     if cfg.augment_source not in SOURCES:
-        raise UserError(f"augment_source must be one of {', '.join(SOURCES)}, "
-                        f"got {cfg.augment_source!r}")
+        raise UserError(f"augment_source must be one of {', '.join(SOURCES)}, got {cfg.augment_source!r}")
     if cfg.augment_source == "cache":
         return open_cache(cfg, data.data_dir, device)
     settings = AugmentSettings.from_config(cfg)

@@ -6,6 +6,7 @@ the candidate cache; then bench.py times sigmoid training steps that read their 
 positives online (prob filter) and from the cache, and this module times the batched
 perplexity filter against the one-candidate-at-a-time reference on the same candidates.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,21 +36,49 @@ def prepare_augmenter_bench(cfg: TrainConfig, work_dir: str, train_chars: int = 
     data_dir = os.path.join(work_dir, "data")
     if not os.path.exists(os.path.join(data_dir, "train.bin")):
         _, splits = shakespeare_splits()
-        write_text_dataset(data_dir, gpt2_tokenizer(),
-                           {"train": splits["train"][:train_chars], "val": splits["val"][:20_000]})
+        write_text_dataset(
+            data_dir,
+            gpt2_tokenizer(),
+            {"train": splits["train"][:train_chars], "val": splits["val"][:20_000]},
+        )
     teacher_dir = os.path.join(work_dir, "teacher")
     from nanoGPT.train import train  # late: the loop imports this package
 
     if not os.path.exists(os.path.join(teacher_dir, "ckpt.pt")):
-        train(dataclasses.replace(cfg, variant="baseline", data_dir=data_dir, out_dir=teacher_dir,
-                                  log_dir=os.path.join(work_dir, "logs"), max_iters=1,
-                                  eval_iters=1, augment=False, init_from="scratch"))
-    augment = ["--augment=True", f"--teacher=ckpt:{teacher_dir}", "--augment_filter=prob",
-               "--augment_min_prob=0.001", "--augment_positions=all", f"--data_dir={data_dir}"]
-    build_cache(dataclasses.replace(cfg, variant="sigmoid", data_dir=data_dir, augment=True,
-                                    teacher=f"ckpt:{teacher_dir}", augment_filter="prob",
-                                    augment_min_prob=0.001, augment_positions="all"),
-                show_progress=False)
+        train(
+            dataclasses.replace(
+                cfg,
+                variant="baseline",
+                data_dir=data_dir,
+                out_dir=teacher_dir,
+                log_dir=os.path.join(work_dir, "logs"),
+                max_iters=1,
+                eval_iters=1,
+                augment=False,
+                init_from="scratch",
+            )
+        )
+    augment = [
+        "--augment=True",
+        f"--teacher=ckpt:{teacher_dir}",
+        "--augment_filter=prob",
+        "--augment_min_prob=0.001",
+        "--augment_positions=all",
+        f"--data_dir={data_dir}",
+    ]
+    build_cache(
+        dataclasses.replace(
+            cfg,
+            variant="sigmoid",
+            data_dir=data_dir,
+            augment=True,
+            teacher=f"ckpt:{teacher_dir}",
+            augment_filter="prob",
+            augment_min_prob=0.001,
+            augment_positions="all",
+        ),
+        show_progress=False,
+    )
     return augment
 
 
@@ -63,8 +92,7 @@ def filter_speed(cfg: TrainConfig, work_dir: str, rows: int = 2) -> dict:
     data_dir = os.path.join(work_dir, "data")
     tokenizer = load_tokenizer(data_dir)
     teacher = load_teacher(f"ckpt:{os.path.join(work_dir, 'teacher')}", device, tokenizer)
-    settings = dataclasses.replace(AugmentSettings.from_config(cfg), filter="perplexity",
-                                   positions="one")
+    settings = dataclasses.replace(AugmentSettings.from_config(cfg), filter="perplexity", positions="one")
     augmenter = DataAugmenter(teacher, settings, seed=cfg.seed)
     batch = TokenData(data_dir, cfg.block_size, rows, device, cfg.seed).train_batch(0)
     positions = select_positions(batch.starts, cfg.block_size, "one", cfg.seed)
@@ -82,18 +110,32 @@ def filter_speed(cfg: TrainConfig, work_dir: str, rows: int = 2) -> dict:
 
     with teacher.context():
         candidates = torch.topk(teacher.log_probs(batch.x), settings.k, dim=-1).indices
-        candidates = candidates.gather(1, to_device(positions, batch.x.device)[:, :, None].expand(
-            -1, -1, settings.k))
+        candidates = candidates.gather(
+            1, to_device(positions, batch.x.device)[:, :, None].expand(-1, -1, settings.k)
+        )
         batched, t_batched = timed(
-            lambda: augmenter.window_nll(batch.x, batch.y, positions, candidates).exp().cpu())
-        reference, t_reference = timed(lambda: [
-            [[reference_window_perplexity(teacher, full_rows[b], int(positions[b, i]), int(c),
-                                          settings.window)
-              for c in candidates[b, i].tolist()]
-             for i in range(positions.shape[1])] for b in range(rows)])
+            lambda: augmenter.window_nll(batch.x, batch.y, positions, candidates).exp().cpu()
+        )
+        reference, t_reference = timed(
+            lambda: [
+                [
+                    [
+                        reference_window_perplexity(
+                            teacher, full_rows[b], int(positions[b, i]), int(c), settings.window
+                        )
+                        for c in candidates[b, i].tolist()
+                    ]
+                    for i in range(positions.shape[1])
+                ]
+                for b in range(rows)
+            ]
+        )
     reference = torch.tensor(reference)
-    return {"candidates": int(np.prod(candidates.shape)), "batched_s": t_batched,
-            "reference_s": t_reference, "speedup": t_reference / t_batched,
-            "max_rel_diff": float(((batched - reference).abs() / reference).max()),
-            "same_kept": bool(torch.equal(batched < settings.threshold,
-                                          reference < settings.threshold))}
+    return {
+        "candidates": int(np.prod(candidates.shape)),
+        "batched_s": t_batched,
+        "reference_s": t_reference,
+        "speedup": t_reference / t_batched,
+        "max_rel_diff": float(((batched - reference).abs() / reference).max()),
+        "same_kept": bool(torch.equal(batched < settings.threshold, reference < settings.threshold)),
+    }

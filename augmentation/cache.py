@@ -23,6 +23,7 @@ k, filter and its parameters, block_size), when train.bin is not the data it was
 when the teacher checkpoint changed since. The build writes in chunks and records progress
 after each, so an interrupted build continues where it stopped when run again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,7 +64,7 @@ PROGRESS_EVERY_S = 5.0
 def cache_name(cfg: TrainConfig) -> str:
     if cfg.augment_cache:
         return cfg.augment_cache
-    teacher = cfg.teacher[len(CKPT_PREFIX):] if cfg.teacher.startswith(CKPT_PREFIX) else cfg.teacher
+    teacher = cfg.teacher[len(CKPT_PREFIX) :] if cfg.teacher.startswith(CKPT_PREFIX) else cfg.teacher
     base = os.path.basename(os.path.normpath(teacher)) or "teacher"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base}-{cfg.augment_filter}")
 
@@ -75,7 +76,7 @@ def cache_paths(data_dir: str, name: str) -> tuple[str, str]:
 
 
 def file_fingerprint(path: str) -> str:
-    """"<size>:<sha256 prefix>" of the whole file up to 4 MiB, else of 64 evenly spaced
+    """ "<size>:<sha256 prefix>" of the whole file up to 4 MiB, else of 64 evenly spaced
     64 KiB samples (first and last included): cheap at every training start, and any
     re-tokenisation or other corpus changes it."""
     size = os.path.getsize(path)
@@ -101,21 +102,24 @@ def _teacher_fingerprint(teacher: str) -> str | None:
     """A checkpoint teacher's file fingerprint (None for hub/HF teachers, or when absent)."""
     if not teacher.startswith(CKPT_PREFIX):
         return None
-    path = checkpoint_file(teacher[len(CKPT_PREFIX):])
+    path = checkpoint_file(teacher[len(CKPT_PREFIX) :])
     return file_fingerprint(path) if os.path.isfile(path) else None
 
 
-def cache_identity(cfg: TrainConfig, settings: AugmentSettings, vocab_size: int,
-                   train_path: str) -> dict[str, Any]:
+def cache_identity(
+    cfg: TrainConfig, settings: AugmentSettings, vocab_size: int, train_path: str
+) -> dict[str, Any]:
     """Everything that decides a cache's contents, as recorded in its JSON."""
     dtype, pad = storage_of(vocab_size)
     return {
         "settings": {**settings.candidate_settings(), "block_size": cfg.block_size},
         "teacher_checkpoint": _teacher_fingerprint(settings.teacher),
         "vocab_size": vocab_size,
-        "data": {"file": os.path.basename(train_path),
-                 "num_tokens": os.path.getsize(train_path) // 2,
-                 "fingerprint": file_fingerprint(train_path)},
+        "data": {
+            "file": os.path.basename(train_path),
+            "num_tokens": os.path.getsize(train_path) // 2,
+            "fingerprint": file_fingerprint(train_path),
+        },
         "storage": {"dtype": dtype.name, "pad": pad, "k": settings.k},
     }
 
@@ -178,8 +182,12 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
 
     record = _read_json(json_path)
     file_bytes = len(tokens) * row_bytes
-    resumable = (record is not None and record.get("made_with") == identity
-                 and os.path.isfile(bin_path) and os.path.getsize(bin_path) == file_bytes)
+    resumable = (
+        record is not None
+        and record.get("made_with") == identity
+        and os.path.isfile(bin_path)
+        and os.path.getsize(bin_path) == file_bytes
+    )
     if resumable and record["complete"]:
         print(f"{bin_path} is up to date")
         return bin_path
@@ -190,16 +198,27 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
         if record is not None or os.path.exists(bin_path):
             print(f"{bin_path}: made with other settings or data, rebuilding")
         done = 0
-        record = {"format": CACHE_FORMAT, "made_with": identity, "num_blocks": num_blocks,
-                  "blocks_done": 0, "complete": False}
+        record = {
+            "format": CACHE_FORMAT,
+            "made_with": identity,
+            "num_blocks": num_blocks,
+            "blocks_done": 0,
+            "complete": False,
+        }
         with open(bin_path, "wb") as f:
             f.truncate(file_bytes)
             f.write(np.full(k, pad, dtype).tobytes())  # token 0 is never a target
         _write_json(json_path, record)
 
     all_positions = np.broadcast_to(np.arange(T, dtype=np.int64), (cfg.batch_size, T))
-    progress = tqdm(total=num_targets, initial=min(done * T, num_targets), unit="tok",
-                    unit_scale=True, desc=f"teacher {settings.teacher}", disable=not show_progress)
+    progress = tqdm(
+        total=num_targets,
+        initial=min(done * T, num_targets),
+        unit="tok",
+        unit_scale=True,
+        desc=f"teacher {settings.teacher}",
+        disable=not show_progress,
+    )
     last_record = time.monotonic()
     with open(bin_path, "r+b") as f, progress:
         while done < num_blocks:
@@ -207,11 +226,11 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
             # full blocks batch_size at a time; a last, shorter block on its own
             full = min(cfg.batch_size, (num_targets - first) // T)
             count, length = (full, T) if full else (1, num_targets - first)
-            rows = np.stack([tokens[first + i * T: first + i * T + length + 1]
-                             for i in range(count)]).astype(np.int64)
+            rows = np.stack(
+                [tokens[first + i * T : first + i * T + length + 1] for i in range(count)]
+            ).astype(np.int64)
             rows = torch.from_numpy(rows).to(device)
-            positives = augmenter.positives(rows[:, :-1], rows[:, 1:],
-                                            all_positions[:count, :length])
+            positives = augmenter.positives(rows[:, :-1], rows[:, 1:], all_positions[:count, :length])
             ids = positives.reshape(-1, k).cpu().numpy()
             ids = np.where(ids < 0, pad, ids).astype(dtype)
             f.seek((first + 1) * row_bytes)
@@ -233,8 +252,7 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
 class CachedAugmenter:
     """batch -> (B, T, k) extra positive ids padded with -1, read from a cache."""
 
-    def __init__(self, bin_path: str, record: dict[str, Any], positions: str, seed: int,
-                 device: str):
+    def __init__(self, bin_path: str, record: dict[str, Any], positions: str, seed: int, device: str):
         storage = record["made_with"]["storage"]
         self.bin_path, self.positions, self.seed = bin_path, positions, seed
         self.dtype, self.pad, self.k = np.dtype(storage["dtype"]), storage["pad"], storage["k"]
@@ -244,10 +262,9 @@ class CachedAugmenter:
     def __call__(self, batch: Batch) -> torch.Tensor:
         T = batch.x.size(1)
         # a fresh memmap per call, as data.py does: a long-lived one grows RSS
-        table = np.memmap(self.bin_path, dtype=self.dtype, mode="r",
-                          shape=(self.num_tokens, self.k))
+        table = np.memmap(self.bin_path, dtype=self.dtype, mode="r", shape=(self.num_tokens, self.k))
         # the target y[b, t] is token starts[b] + t + 1 of the split
-        rows = np.stack([table[start + 1: start + 1 + T] for start in batch.starts])
+        rows = np.stack([table[start + 1 : start + 1 + T] for start in batch.starts])
         if self.dtype == np.uint16:  # torch has few uint16 ops: move as int16, widen there
             ids = to_device(rows.view(np.int16), self.device).long() & 0xFFFF
         else:
@@ -275,23 +292,32 @@ def open_cache(cfg: TrainConfig, data_dir: str, device: str) -> CachedAugmenter:
     expected = cache_identity(cfg, settings, load_tokenizer(data_dir).vocab_size, train_path)
     made_with = record.get("made_with", {})
     theirs, ours = made_with.get("settings", {}), expected["settings"]
-    differ = [f"{key}={theirs.get(key)!r} (this run: {ours[key]!r})"
-              for key in ours if theirs.get(key) != ours[key]]
+    differ = [
+        f"{key}={theirs.get(key)!r} (this run: {ours[key]!r})" for key in ours if theirs.get(key) != ours[key]
+    ]
     if differ:
-        raise UserError(f"{bin_path} was made with other settings: {', '.join(differ)}; "
-                        f"{rebuild}, or set augment_cache to another name")
+        raise UserError(
+            f"{bin_path} was made with other settings: {', '.join(differ)}; "
+            f"{rebuild}, or set augment_cache to another name"
+        )
     same_vocabulary = made_with.get("vocab_size") == expected["vocab_size"]
     if made_with.get("data") != expected["data"] or not same_vocabulary:
-        raise UserError(f"{bin_path} was made for other data than {train_path} "
-                        f"(fingerprint {made_with.get('data', {}).get('fingerprint')} vs "
-                        f"{expected['data']['fingerprint']}); {rebuild}")
+        raise UserError(
+            f"{bin_path} was made for other data than {train_path} "
+            f"(fingerprint {made_with.get('data', {}).get('fingerprint')} vs "
+            f"{expected['data']['fingerprint']}); {rebuild}"
+        )
     ours_teacher = expected["teacher_checkpoint"]
     theirs_teacher = made_with.get("teacher_checkpoint")
     if ours_teacher is not None and theirs_teacher != ours_teacher:
-        raise UserError(f"{bin_path} was made by another state of the teacher checkpoint "
-                        f"({settings.teacher} has changed since); {rebuild}")
+        raise UserError(
+            f"{bin_path} was made by another state of the teacher checkpoint "
+            f"({settings.teacher} has changed since); {rebuild}"
+        )
     if not record.get("complete"):
         done, total = record.get("blocks_done", 0), record.get("num_blocks", 1)
-        raise UserError(f"{bin_path} is incomplete ({100 * done / max(1, total):.0f}% built); "
-                        "run the same augment_cache.py command again to finish it")
+        raise UserError(
+            f"{bin_path} is incomplete ({100 * done / max(1, total):.0f}% built); "
+            "run the same augment_cache.py command again to finish it"
+        )
     return CachedAugmenter(bin_path, record, settings.positions, cfg.seed, device)

@@ -32,6 +32,7 @@ Output. (B, T, K=k) int64 token ids on the batch's device, -1 where a slot holds
 candidate and everywhere outside the chosen positions. The true next token may appear among
 them (the loss deduplicates it) and is always a positive there anyway.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,17 +78,20 @@ class AugmentSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> AugmentSettings:
         settings = cls(
-            teacher=cfg.teacher, k=cfg.augment_k, filter=cfg.augment_filter,
-            threshold=cfg.augment_threshold, min_prob=cfg.augment_min_prob,
-            window=cfg.augment_window, positions=getattr(cfg, "augment_positions", "all"),
+            teacher=cfg.teacher,
+            k=cfg.augment_k,
+            filter=cfg.augment_filter,
+            threshold=cfg.augment_threshold,
+            min_prob=cfg.augment_min_prob,
+            window=cfg.augment_window,
+            positions=getattr(cfg, "augment_positions", "all"),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
         if self.filter not in FILTERS:
-            raise UserError(f"augment_filter must be one of {', '.join(FILTERS)}, "
-                            f"got {self.filter!r}")
+            raise UserError(f"augment_filter must be one of {', '.join(FILTERS)}, got {self.filter!r}")
         if self.k < 1:
             raise UserError(f"augment_k must be at least 1, got {self.k}")
         if self.filter == "perplexity" and not self.threshold > 0:
@@ -113,7 +117,7 @@ class AugmentSettings:
 
 def normalise_teacher(spec: str) -> str:
     if spec.startswith(CKPT_PREFIX):
-        return CKPT_PREFIX + os.path.normpath(spec[len(CKPT_PREFIX):])
+        return CKPT_PREFIX + os.path.normpath(spec[len(CKPT_PREFIX) :])
     return spec
 
 
@@ -129,8 +133,7 @@ def positions_per_row(positions: str, block_size: int) -> int:
     except ValueError:
         fraction = -1.0
     if not 0 < fraction <= 1:
-        raise UserError(f"augment_positions must be one, all or a fraction in (0, 1], "
-                        f"got {positions!r}")
+        raise UserError(f"augment_positions must be one, all or a fraction in (0, 1], got {positions!r}")
     return max(1, min(block_size, round(fraction * block_size)))
 
 
@@ -143,8 +146,9 @@ def select_positions(starts: np.ndarray, block_size: int, positions: str, seed: 
     count = positions_per_row(positions, block_size)
     if count == block_size:
         return np.broadcast_to(np.arange(block_size, dtype=np.int64), (len(starts), block_size))
-    rows = [np.random.default_rng([seed, int(start)]).choice(block_size, count, replace=False)
-            for start in starts]
+    rows = [
+        np.random.default_rng([seed, int(start)]).choice(block_size, count, replace=False) for start in starts
+    ]
     return np.sort(np.stack(rows), axis=1).astype(np.int64)
 
 
@@ -179,8 +183,11 @@ class Teacher:
     @contextlib.contextmanager
     def context(self):
         """What every teacher computation runs under: no gradients, bf16 on CUDA."""
-        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-                    if self.device.type == "cuda" else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         with torch.no_grad(), autocast, self.private_rng():
             yield
 
@@ -211,8 +218,7 @@ class CheckpointTeacher(Teacher):
         self.path = path
         self.name = f"{CKPT_PREFIX}{path}"
         # what identifies its vocabulary (see nanoGPT.checkpoint.check_tokenizer)
-        self.record = {key: ckpt[key] for key in ("config", "model_args", "tokenizer")
-                       if key in ckpt}
+        self.record = {key: ckpt[key] for key in ("config", "model_args", "tokenizer") if key in ckpt}
         self.vocab_size = model.config.vocab_size
         self.block_size = model.config.block_size
         self.device = torch.device(device)
@@ -275,28 +281,30 @@ def checkpoint_file(path: str) -> str:
     return checkpoint_path(path) if os.path.isdir(path) else path
 
 
-def load_teacher(spec: str, device: str, tokenizer: Tokenizer,
-                 data_name: str = "the data") -> Teacher:
+def load_teacher(spec: str, device: str, tokenizer: Tokenizer, data_name: str = "the data") -> Teacher:
     """The teacher named by `spec` ("gpt2", a local HF folder, or ckpt:<out_dir or .pt>) on
     `device`; UserError unless its vocabulary is that of the data (`tokenizer`, of the folder
     `data_name`)."""
     if spec.startswith(CKPT_PREFIX):
-        teacher = CheckpointTeacher(checkpoint_file(spec[len(CKPT_PREFIX):]), device)
+        teacher = CheckpointTeacher(checkpoint_file(spec[len(CKPT_PREFIX) :]), device)
         _check_checkpoint_vocabulary(teacher, tokenizer, data_name)
         return teacher
     if tokenizer.kind != "gpt2":
-        raise UserError(f"teacher {spec!r} is a Hugging Face model, whose vocabulary is not this "
-                        f"data's {tokenizer.vocab_size}-token {tokenizer.kind} vocabulary: use "
-                        f"teacher={CKPT_PREFIX}<out_dir of a run trained on this data>")
+        raise UserError(
+            f"teacher {spec!r} is a Hugging Face model, whose vocabulary is not this "
+            f"data's {tokenizer.vocab_size}-token {tokenizer.kind} vocabulary: use "
+            f"teacher={CKPT_PREFIX}<out_dir of a run trained on this data>"
+        )
     teacher = HFTeacher(spec, device)
     if teacher.vocab_size != tokenizer.vocab_size:
-        raise UserError(f"teacher {spec!r} has a vocabulary of {teacher.vocab_size} tokens, "
-                        f"the data has {tokenizer.vocab_size} (GPT-2 BPE): use a GPT-2 teacher")
+        raise UserError(
+            f"teacher {spec!r} has a vocabulary of {teacher.vocab_size} tokens, "
+            f"the data has {tokenizer.vocab_size} (GPT-2 BPE): use a GPT-2 teacher"
+        )
     return teacher
 
 
-def _check_checkpoint_vocabulary(teacher: CheckpointTeacher, tokenizer: Tokenizer,
-                                 data_name: str) -> None:
+def _check_checkpoint_vocabulary(teacher: CheckpointTeacher, tokenizer: Tokenizer, data_name: str) -> None:
     from nanoGPT.checkpoint import check_tokenizer, tokenizer_record
     from nanoGPT.data import resolve_data_dir
     from nanoGPT.tokenizer import load_tokenizer
@@ -310,18 +318,18 @@ def _check_checkpoint_vocabulary(teacher: CheckpointTeacher, tokenizer: Tokenize
     try:
         check_tokenizer(record, tokenizer, data_name)
     except UserError as err:
-        raise UserError(f"teacher {teacher.name}: {err}; a teacher must be trained on the "
-                        "vocabulary of the data it augments") from None
+        raise UserError(
+            f"teacher {teacher.name}: {err}; a teacher must be trained on the "
+            "vocabulary of the data it augments"
+        ) from None
 
 
-def check_teacher_fits(teacher: Teacher, settings: AugmentSettings,
-                       block_size: int | None = None) -> None:
+def check_teacher_fits(teacher: Teacher, settings: AugmentSettings, block_size: int | None = None) -> None:
     """UserError unless training rows of `block_size`, the windows and k fit the teacher."""
     if block_size is not None and block_size > teacher.block_size:
         raise UserError(f"block_size {block_size} > the teacher's context of {teacher.block_size}")
     if settings.filter == "perplexity" and settings.window > teacher.block_size:
-        raise UserError(f"augment_window {settings.window} > the teacher's context of "
-                        f"{teacher.block_size}")
+        raise UserError(f"augment_window {settings.window} > the teacher's context of {teacher.block_size}")
     if settings.k > teacher.vocab_size:
         raise UserError(f"augment_k {settings.k} > the vocabulary size {teacher.vocab_size}")
 
@@ -334,17 +342,18 @@ def _rows_per_chunk(teacher: Teacher) -> int:
     return max(1, elements // teacher.vocab_size)
 
 
-def top_candidates(teacher: Teacher, hidden: torch.Tensor, k: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def top_candidates(teacher: Teacher, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) hidden rows -> the teacher's top-k (log-probs, ids), each (N, k)."""
     step = _rows_per_chunk(teacher)
-    parts = [teacher.head_log_probs(hidden[i: i + step]).topk(k, dim=-1)
-             for i in range(0, hidden.size(0), step)]
+    parts = [
+        teacher.head_log_probs(hidden[i : i + step]).topk(k, dim=-1) for i in range(0, hidden.size(0), step)
+    ]
     return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
 
 
-def probable_candidates(teacher: Teacher, hidden: torch.Tensor, k: int, min_log_prob: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def probable_candidates(
+    teacher: Teacher, hidden: torch.Tensor, k: int, min_log_prob: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The prob filter's result without a top-k over the vocabulary: (N, C) hidden rows ->
     (log-probs, ids), each (N, k), of the at most k most likely tokens whose log-prob is
     >= min_log_prob, most likely first; -1 ids (and -inf) fill the slots left over.
@@ -358,7 +367,7 @@ def probable_candidates(teacher: Teacher, hidden: torch.Tensor, k: int, min_log_
     out_ids = torch.full((hidden.size(0), k), -1, dtype=torch.long, device=hidden.device)
     out_log_probs = torch.full((hidden.size(0), k), -math.inf, device=hidden.device)
     for first in range(0, hidden.size(0), step):
-        log_probs = teacher.head_log_probs(hidden[first: first + step])
+        log_probs = teacher.head_log_probs(hidden[first : first + step])
         rows, ids = (log_probs >= min_log_prob).nonzero(as_tuple=True)
         values = log_probs[rows, ids]
         # most likely first within each row: sort by value, then (stably) by row
@@ -376,10 +385,12 @@ def probable_candidates(teacher: Teacher, hidden: torch.Tensor, k: int, min_log_
 def target_log_probs(teacher: Teacher, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(N, C) hidden rows and (N,) ids -> (N,) teacher log-prob of each id."""
     step = _rows_per_chunk(teacher)
-    return torch.cat([
-        teacher.head_log_probs(hidden[i: i + step]).gather(1, targets[i: i + step, None])[:, 0]
-        for i in range(0, hidden.size(0), step)
-    ])
+    return torch.cat(
+        [
+            teacher.head_log_probs(hidden[i : i + step]).gather(1, targets[i : i + step, None])[:, 0]
+            for i in range(0, hidden.size(0), step)
+        ]
+    )
 
 
 # --- the augmenter --------------------------------------------------------------------------
@@ -397,8 +408,9 @@ class Proposal:
     perplexity: torch.Tensor | None = None  # (B, n, k) window perplexity, when scored
 
 
-def window_geometry(positions: np.ndarray, row_length: int, window: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def window_geometry(
+    positions: np.ndarray, row_length: int, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """For target positions t in rows of `row_length` = T+1 tokens: the window start lo, the
     candidate's column p - lo inside the window, the number of scored tokens, and the window
     length L (see the module docstring)."""
@@ -427,8 +439,9 @@ class DataAugmenter:
         """(B, T, k) kept candidates at `positions` (B, n), -1 elsewhere."""
         return scatter_kept(self.propose(x, y, positions), x.size(1))
 
-    def propose(self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray,
-                score_windows: bool = False) -> Proposal:
+    def propose(
+        self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray, score_windows: bool = False
+    ) -> Proposal:
         """The top-k candidates for y[:, t] at each t in `positions` and the filter's verdict.
         `score_windows` computes window perplexities under any filter (for the demo)."""
         s, teacher = self.settings, self.teacher
@@ -456,8 +469,9 @@ class DataAugmenter:
             keep = torch.ones_like(ids, dtype=torch.bool)
         return Proposal(pos, ids, log_probs, keep, perplexity)
 
-    def window_nll(self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray,
-                   candidates: torch.Tensor) -> torch.Tensor:
+    def window_nll(
+        self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray, candidates: torch.Tensor
+    ) -> torch.Tensor:
         """(B, n, k) mean teacher NLL of each candidate's window, every candidate of the batch
         in one batched pass over (B*n*k, L) windows, chunked only to bound memory."""
         teacher = self.teacher
@@ -484,8 +498,9 @@ class DataAugmenter:
             valid = slots < scored[place, None]
             hidden = teacher.hidden(windows)
             hidden = hidden.gather(1, (cols - 1)[:, :, None].expand(-1, -1, hidden.size(-1)))
-            token_lp = target_log_probs(teacher, hidden.reshape(-1, hidden.size(-1)),
-                                        windows.gather(1, cols).reshape(-1)).view(cols.shape)
+            token_lp = target_log_probs(
+                teacher, hidden.reshape(-1, hidden.size(-1)), windows.gather(1, cols).reshape(-1)
+            ).view(cols.shape)
             token_lp = torch.where(valid, token_lp, torch.zeros_like(token_lp))
             nll.append(-token_lp.sum(1) / scored[place])
         return torch.cat(nll).view(B, n, k)
@@ -500,8 +515,9 @@ def scatter_kept(proposal: Proposal, block_size: int) -> torch.Tensor:
     return out.scatter_(1, pos[:, :, None].expand(B, n, k), kept)
 
 
-def reference_window_perplexity(teacher: Teacher, row: list[int], position: int, candidate: int,
-                                window: int) -> float:
+def reference_window_perplexity(
+    teacher: Teacher, row: list[int], position: int, candidate: int, window: int
+) -> float:
     """One candidate, one forward pass, plain Python indices: the definition in the module
     docstring, written out directly. `row` holds the T+1 tokens x[b] + [y[b, -1]]; the
     candidate replaces row[position + 1]. For tests and bench.py, never for training."""
@@ -511,7 +527,7 @@ def reference_window_perplexity(teacher: Teacher, row: list[int], position: int,
     length = min(window, len(row))
     lo = min(max(p - window // 2, 0), len(row) - length)
     hi = min(p + window - window // 2, len(row))
-    idx = torch.tensor([substituted[lo: lo + length]], device=teacher.device)
+    idx = torch.tensor([substituted[lo : lo + length]], device=teacher.device)
     log_probs = teacher.log_probs(idx)[0]  # (L, V): output i predicts window token i + 1
     nll = [-log_probs[j - lo - 1, substituted[j]].item() for j in range(p, hi)]
     return math.exp(sum(nll) / len(nll))

@@ -14,6 +14,7 @@ a temporary file in the same folder and moved into place with `os.replace`, the 
 before the checkpoint it describes, so a process killed at any moment leaves each name
 either absent, or old and whole, or new and whole; a checkpoint is never without its checksum.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,11 @@ def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
     """(iteration, path) of the numbered checkpoints in out_dir, oldest first."""
     if not os.path.isdir(out_dir):
         return []
-    found = [(int(m.group(1)), os.path.join(out_dir, name))
-             for name in os.listdir(out_dir) if (m := _NUMBERED.fullmatch(name))]
+    found = [
+        (int(m.group(1)), os.path.join(out_dir, name))
+        for name in os.listdir(out_dir)
+        if (m := _NUMBERED.fullmatch(name))
+    ]
     return sorted(found)
 
 
@@ -124,8 +128,14 @@ def _point_link(link: str, target: str) -> None:
     os.replace(tmp, link)
 
 
-def save_checkpoint(state: dict[str, Any], out_dir: str, iter_num: int, best: bool = False,
-                    keep: int = 3, pause_s: float = 0.0) -> str:
+def save_checkpoint(
+    state: dict[str, Any],
+    out_dir: str,
+    iter_num: int,
+    best: bool = False,
+    keep: int = 3,
+    pause_s: float = 0.0,
+) -> str:
     """Write `state` as out_dir/ckpt-<iter_num>.pt with its checksum, point ckpt.pt (and
     best.pt when `best`) at it and delete numbered checkpoints beyond the newest `keep`
     (best.pt's is kept too). Returns the path written.
@@ -133,6 +143,7 @@ def save_checkpoint(state: dict[str, Any], out_dir: str, iter_num: int, best: bo
     `pause_s` pauses between the steps, a testing aid that lets a test kill the process in
     the middle of a save.
     """
+
     def pause() -> None:
         if pause_s > 0:
             time.sleep(pause_s)
@@ -170,9 +181,9 @@ def _remove_old_checkpoints(out_dir: str, keep: int) -> None:
             if os.path.exists(path + CHECKSUM_SUFFIX):
                 os.remove(path + CHECKSUM_SUFFIX)
     for name in os.listdir(out_dir):  # checksums whose save was killed before the checkpoint
-        if name.endswith(CHECKSUM_SUFFIX) and _NUMBERED.fullmatch(name[:-len(CHECKSUM_SUFFIX)]):
+        if name.endswith(CHECKSUM_SUFFIX) and _NUMBERED.fullmatch(name[: -len(CHECKSUM_SUFFIX)]):
             orphan = os.path.join(out_dir, name)
-            if not os.path.exists(orphan[:-len(CHECKSUM_SUFFIX)]):
+            if not os.path.exists(orphan[: -len(CHECKSUM_SUFFIX)]):
                 os.remove(orphan)
 
 
@@ -200,13 +211,16 @@ def verify_checksum(path: str) -> bool:
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise UserError(f"{checksum_file} is not a SHA-256 checksum file")
     if sha256_of(real) != expected:
-        raise UserError(f"{path} fails its checksum ({checksum_file}): the file is damaged "
-                        "or was changed after it was written")
+        raise UserError(
+            f"{path} fails its checksum ({checksum_file}): the file is damaged "
+            "or was changed after it was written"
+        )
     return True
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
-                    require_checksum: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: str, map_location: str | torch.device = "cpu", require_checksum: bool = False
+) -> dict[str, Any]:
     """Load a checkpoint of this framework, as data only (never code).
 
     Its checksum is verified when it has one (and required with `require_checksum`). A
@@ -219,8 +233,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} is not a file")
     if not verify_checksum(path) and require_checksum:
-        raise UserError(f"{path} has no checksum file ({os.path.basename(path)}"
-                        f"{CHECKSUM_SUFFIX}) beside it")
+        raise UserError(f"{path} has no checksum file ({os.path.basename(path)}{CHECKSUM_SUFFIX}) beside it")
     try:
         # weights_only: tensors, numbers, strings and containers; any other object in the
         # pickle (the way a crafted file would run code) is refused before it is built
@@ -234,8 +247,9 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
     return ckpt
 
 
-def find_resume_checkpoint(out_dir: str, report: Callable[[str], None] | None = None,
-                           set_aside: bool = False) -> tuple[str, dict[str, Any]] | None:
+def find_resume_checkpoint(
+    out_dir: str, report: Callable[[str], None] | None = None, set_aside: bool = False
+) -> tuple[str, dict[str, Any]] | None:
     """The newest valid checkpoint in out_dir as (path, checkpoint), or None if there is none.
 
     Numbered checkpoints are tried newest first; each must match its checksum and load. One
@@ -275,14 +289,11 @@ def _set_aside(path: str) -> str:
 def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> ModelConfig:
     config = config_from_dict(ModelConfig, ckpt["model_args"])
     if expect_variant and config.variant != expect_variant:
-        raise UserError(
-            f"checkpoint was trained as variant {config.variant!r}, not {expect_variant!r}"
-        )
+        raise UserError(f"checkpoint was trained as variant {config.variant!r}, not {expect_variant!r}")
     return config
 
 
-def load_model(path: str, device: str = "cpu", expect_variant: str | None = None,
-               **overrides: Any):
+def load_model(path: str, device: str = "cpu", expect_variant: str | None = None, **overrides: Any):
     """Rebuild the GPT stored in a checkpoint (its own variant and config), in eval mode."""
     from nanoGPT.model import GPT
 
@@ -294,6 +305,7 @@ def load_model(path: str, device: str = "cpu", expect_variant: str | None = None
 
 
 # --- the vocabulary a checkpoint was trained on -------------------------------------------
+
 
 def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
     """What identifies a tokenizer's ids, saved in a checkpoint: its kind and size; for a
@@ -324,15 +336,18 @@ def check_tokenizer(ckpt: dict[str, Any], tokenizer: Any, data_dir: str) -> None
     same = all(saved[key] == current.get(key) for key in saved)
     if not same:
         detail = ""
-        if saved.get("kind") == current["kind"] == "char" and \
-                saved["vocab_size"] == current["vocab_size"]:
+        if saved.get("kind") == current["kind"] == "char" and saved["vocab_size"] == current["vocab_size"]:
             detail = " (the same number, but other characters or another order)"
-        if saved.get("kind") == current["kind"] == "sentencepiece" and \
-                saved["vocab_size"] == current["vocab_size"]:
+        if (
+            saved.get("kind") == current["kind"] == "sentencepiece"
+            and saved["vocab_size"] == current["vocab_size"]
+        ):
             detail = " (the same size, but another SentencePiece model file)"
-        raise UserError(f"the vocabulary of {data_dir} ({_describe(current)}) is not the one the "
-                        f"checkpoint was trained on ({_describe(saved)}){detail}: use the data "
-                        "folder the model was trained on (--data_dir), or prepare it again")
+        raise UserError(
+            f"the vocabulary of {data_dir} ({_describe(current)}) is not the one the "
+            f"checkpoint was trained on ({_describe(saved)}){detail}: use the data "
+            "folder the model was trained on (--data_dir), or prepare it again"
+        )
 
 
 def checkpoint_tokenizer(ckpt: dict[str, Any], data_dir: str = "") -> Any:

@@ -4,6 +4,7 @@
 with everything the training loop needs, so every key lives in one flat namespace, the way
 nanoGPT users expect: a Python config file first, then `--key=value` overrides.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -141,9 +142,7 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
     if expected is bool and not isinstance(value, bool):
         raise UserError(f"config key {key} must be True or False, got {value!r}")
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise UserError(
-            f"config key {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
-        )
+        raise UserError(f"config key {key} must be {expected.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

@@ -20,6 +20,7 @@ Deeper levels compose the same rule, so full position t reads level-L position t
 which ends at token (t // f**L) * f**L <= t. The skip connection from before each
 compression carries what the compressed path cannot yet see.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,14 +63,16 @@ class ConvCompressor(nn.Module):
         self.down_norms = nn.ModuleList(make_norm(config, widths[i]) for i in range(levels))
         # a strided convolution with kernel = stride = f is a linear map of each group of f
         self.down = nn.ModuleList(
-            nn.Linear(f * widths[i], widths[i + 1], bias=config.bias) for i in range(levels))
+            nn.Linear(f * widths[i], widths[i + 1], bias=config.bias) for i in range(levels)
+        )
         self.bottom = nn.ModuleList(
-            Block(config, widths[levels], heads[levels])
-            for _ in range(config.n_layer - 2 * levels))
+            Block(config, widths[levels], heads[levels]) for _ in range(config.n_layer - 2 * levels)
+        )
         self.up_norms = nn.ModuleList(make_norm(config, widths[i + 1]) for i in range(levels))
         # ... and its transpose one vector per phase: (2C) -> f * C
         self.up = nn.ModuleList(
-            nn.Linear(widths[i + 1], f * widths[i], bias=config.bias) for i in range(levels))
+            nn.Linear(widths[i + 1], f * widths[i], bias=config.bias) for i in range(levels)
+        )
         self.up_blocks = nn.ModuleList(Block(config, widths[i], heads[i]) for i in range(levels))
 
     def forward(self, x: torch.Tensor, rope: Callable[[int], RopeTables | None]) -> torch.Tensor:

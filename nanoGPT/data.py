@@ -4,6 +4,7 @@ Every batch is a pure function of (seed, rank, split, step, micro_step): the pos
 data stream is the iteration number, so a resumed run reads exactly the batches an
 uninterrupted run would have read, with no sampler state to save.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,9 @@ DTYPE_PROBE_TOKENS = 1 << 16
 
 def _chunks(data: np.ndarray) -> list[np.ndarray]:
     if len(data) <= SCAN_ALL_TOKENS:
-        return [data[i: i + CHUNK_TOKENS] for i in range(0, len(data), CHUNK_TOKENS)]
+        return [data[i : i + CHUNK_TOKENS] for i in range(0, len(data), CHUNK_TOKENS)]
     starts = np.linspace(0, len(data) - CHUNK_TOKENS, SAMPLE_CHUNKS).astype(np.int64)
-    return [data[s: s + CHUNK_TOKENS] for s in starts]
+    return [data[s : s + CHUNK_TOKENS] for s in starts]
 
 
 def vocabulary_name(tokenizer: Tokenizer, data_dir: str) -> str:
@@ -63,8 +64,9 @@ class Batch:
 class TokenData:
     """Random windows of a split for training, fixed evenly spread windows for evaluation."""
 
-    def __init__(self, data_dir: str, block_size: int, batch_size: int, device: str,
-                 seed: int = 0, rank: int = 0):
+    def __init__(
+        self, data_dir: str, block_size: int, batch_size: int, device: str, seed: int = 0, rank: int = 0
+    ):
         self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
         self.device, self.seed, self.rank = device, seed, rank
         if not os.path.isfile(self.path("train")):
@@ -95,8 +97,10 @@ class TokenData:
 
     def _check_byte_count(self, split: str) -> None:
         if os.path.getsize(self.path(split)) % 2:
-            raise UserError(f"{self.path(split)} has an odd number of bytes: not uint16 token "
-                            f"ids{prepare_hint(self.data_dir)}")
+            raise UserError(
+                f"{self.path(split)} has an odd number of bytes: not uint16 token "
+                f"ids{prepare_hint(self.data_dir)}"
+            )
 
     def check_token_ids(self, vocab_size: int, vocabulary: str) -> None:
         """UserError if a split holds ids the tokenizer does not have (the .bin and meta.pkl come
@@ -109,25 +113,31 @@ class TokenData:
             data = self.tokens(split)
             head = np.asarray(data[:DTYPE_PROBE_TOKENS])
             if len(head) >= 1024 and (head[1::2] == 0).mean() > 0.9 and (head[::2] == 0).mean() < 0.5:
-                raise UserError(f"{self.path(split)} looks like 32- or 64-bit token ids (every "
-                                f"second uint16 is 0); .bin files hold uint16 ids"
-                                f"{prepare_hint(self.data_dir)}")
+                raise UserError(
+                    f"{self.path(split)} looks like 32- or 64-bit token ids (every "
+                    f"second uint16 is 0); .bin files hold uint16 ids"
+                    f"{prepare_hint(self.data_dir)}"
+                )
             largest = max(int(chunk.max()) for chunk in _chunks(data))
             if largest >= vocab_size:
-                raise UserError(f"{self.path(split)} holds token id {largest}, but {vocabulary} has "
-                                f"{vocab_size} ids: the .bin files and the tokenizer come from "
-                                f"different prepare runs{prepare_hint(self.data_dir)}")
+                raise UserError(
+                    f"{self.path(split)} holds token id {largest}, but {vocabulary} has "
+                    f"{vocab_size} ids: the .bin files and the tokenizer come from "
+                    f"different prepare runs{prepare_hint(self.data_dir)}"
+                )
 
     def num_tokens(self, split: str) -> int:
         return os.path.getsize(self.path(split)) // 2
 
     def _windows(self, data: np.ndarray, starts: np.ndarray) -> Batch:
         T = self.block_size
-        rows = np.stack([data[s: s + T + 1] for s in starts]).astype(np.int64)
+        rows = np.stack([data[s : s + T + 1] for s in starts]).astype(np.int64)
         x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
         if self.device.startswith("cuda"):
-            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
-                self.device, non_blocking=True)
+            x, y = (
+                x.pin_memory().to(self.device, non_blocking=True),
+                y.pin_memory().to(self.device, non_blocking=True),
+            )
         else:
             x, y = x.to(self.device), y.to(self.device)
         return Batch(x, y, starts)
@@ -146,8 +156,8 @@ class TokenData:
         span = data_len - self.block_size - 1
         window_count = min(total, max(1, span // self.block_size + 1))
         starts = np.linspace(0, span, num=window_count).astype(np.int64)
-        mine = starts[self.rank::world_size]
-        return [mine[i: i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        mine = starts[self.rank :: world_size]
+        return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
     def batch_at(self, split: str, starts: np.ndarray) -> Batch:
         return self._windows(self.tokens(split), starts)

@@ -10,6 +10,7 @@ training split (saved beside the .bin files and recorded in meta.pkl). Rows are 
 batches (both tokenizers have threaded batch encoders) and written as they arrive, so a
 streamed hub data set never has to fit in memory.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,10 +32,12 @@ RowTexts = Callable[[dict[str, list[Any]]], list[str]]  # a batch of rows -> the
 
 def column_texts(column: str) -> RowTexts:
     """Documents from one text column."""
+
     def texts(batch: dict[str, list[Any]]) -> list[str]:
         if column not in batch:
             raise UserError(f"the data has no {column!r} column (columns: {', '.join(batch)})")
         return [text or "" for text in batch[column]]
+
     return texts
 
 
@@ -46,8 +49,13 @@ def text_batches(rows: Any, to_texts: RowTexts, limit: int = 0) -> Iterator[list
         yield to_texts(batch)
 
 
-def make_tokenizer(kind: str, out_dir: str, training_texts: Callable[[], Iterable[str]],
-                   vocab_size: int, model_type: str = "bpe") -> Tokenizer:
+def make_tokenizer(
+    kind: str,
+    out_dir: str,
+    training_texts: Callable[[], Iterable[str]],
+    vocab_size: int,
+    model_type: str = "bpe",
+) -> Tokenizer:
     """GPT-2 BPE, or ("sp") a SentencePiece model trained on `training_texts()`."""
     if kind == "gpt2":
         return gpt2_tokenizer()
@@ -59,8 +67,9 @@ def make_tokenizer(kind: str, out_dir: str, training_texts: Callable[[], Iterabl
     return tokenizer
 
 
-def encode_batches(tokenizer: Tokenizer, batches: Iterable[list[str]],
-                   separate: bool = True) -> Iterator[np.ndarray]:
+def encode_batches(
+    tokenizer: Tokenizer, batches: Iterable[list[str]], separate: bool = True
+) -> Iterator[np.ndarray]:
     """Token ids of each batch of documents, <|endoftext|> after each one when `separate`."""
     for texts in batches:
         encoded = tokenizer.encode_batch(texts)
@@ -69,8 +78,9 @@ def encode_batches(tokenizer: Tokenizer, batches: Iterable[list[str]],
         yield np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
 
 
-def write_documents(out_dir: str, split: str, tokenizer: Tokenizer,
-                    batches: Iterable[list[str]], separate: bool = True) -> int:
+def write_documents(
+    out_dir: str, split: str, tokenizer: Tokenizer, batches: Iterable[list[str]], separate: bool = True
+) -> int:
     """Encode the documents and write out_dir/<split>.bin; returns the token count."""
     os.makedirs(out_dir, exist_ok=True)
     return write_split(out_dir, split, encode_batches(tokenizer, batches, separate))

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line and a non-zero exit, never a traceback wall."""
+
 from __future__ import annotations
 
 import functools

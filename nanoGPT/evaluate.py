@@ -1,4 +1,5 @@
 """Evaluation on a split through the variant's normalised predictive distribution."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +16,15 @@ _EVAL_ELEMENTS = 2**25
 
 @torch.no_grad()
 def evaluate(
-    model: GPT, data: TokenData, split: str, num_batches: int, token_bytes: torch.Tensor,
-    autocast: contextlib.AbstractContextManager | None = None, world_size: int = 1,
-    seed: int = 0, accumulator: MetricAccumulator | None = None,
+    model: GPT,
+    data: TokenData,
+    split: str,
+    num_batches: int,
+    token_bytes: torch.Tensor,
+    autocast: contextlib.AbstractContextManager | None = None,
+    world_size: int = 1,
+    seed: int = 0,
+    accumulator: MetricAccumulator | None = None,
 ) -> dict[str, float]:
     """Metrics of `model` on `num_batches` fixed batches of `split` (summed over DDP ranks).
 

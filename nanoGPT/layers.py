@@ -8,6 +8,7 @@ bias=False no layer has a bias. Attention is scaled by head_dim ** -0.5 in every
 Each layer takes its width (and head count) explicitly, so the convolution compressor can
 build blocks wider than n_embd at its compressed levels.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,7 @@ class Rotary(nn.Module):
 
     def tables(self, start: int, length: int) -> RopeTables:
         """(cos, sin) of positions start .. start + length - 1."""
-        return self.cos[start:start + length], self.sin[start:start + length]
+        return self.cos[start : start + length], self.sin[start : start + length]
 
 
 def apply_rotary(x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
@@ -141,8 +142,9 @@ class CausalSelfAttention(nn.Module):
             return layer(x)
         bias = None if layer.bias is None else layer.bias.detach()
         lora_a, lora_b = getattr(self, f"{name}_lora_a"), getattr(self, f"{name}_lora_b")
-        return F.linear(x, layer.weight.detach(), bias) + \
-            F.linear(F.linear(x, lora_a), lora_b) * self.lora_scale
+        return (
+            F.linear(x, layer.weight.detach(), bias) + F.linear(F.linear(x, lora_a), lora_b) * self.lora_scale
+        )
 
     @torch.no_grad()
     def merge_lora(self) -> None:
@@ -172,7 +174,11 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, t_all, dtype=torch.bool, device=x.device).tril(t_all - T)
         # SDPA scales by head_dim ** -0.5
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)

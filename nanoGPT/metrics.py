@@ -5,6 +5,7 @@ are computed by the functions below, called from each variant's `evaluate`, and 
 `MetricAccumulator` beside the common metrics (NLL, perplexity, bits per byte, accuracy,
 ECE, Brier).
 """
+
 from __future__ import annotations
 
 import math
@@ -177,18 +178,18 @@ class MetricAccumulator:
             num_bytes = byte_tokens = torch.zeros_like(num_tokens)
         else:
             num_bytes, byte_tokens = masked_sum(token_bytes.to(valid.device)), num_tokens
-        batch = torch.stack([
-            masked_sum(-log_p_true),
-            masked_sum(correct),
-            masked_sum(brier(log_probs, safe_targets)),
-            num_tokens,
-            num_bytes,
-            byte_tokens,
-        ])
-        self.scalars += batch.to(self.device)
-        self.bins += calibration_bins(top_log_prob.exp(), correct, self.n_bins, valid).to(
-            self.device
+        batch = torch.stack(
+            [
+                masked_sum(-log_p_true),
+                masked_sum(correct),
+                masked_sum(brier(log_probs, safe_targets)),
+                num_tokens,
+                num_bytes,
+                byte_tokens,
+            ]
         )
+        self.scalars += batch.to(self.device)
+        self.bins += calibration_bins(top_log_prob.exp(), correct, self.n_bins, valid).to(self.device)
 
         for name, values in (extras or {}).items():
             if name in _RESERVED_NAMES:
@@ -212,9 +213,7 @@ class MetricAccumulator:
         names = sorted(self.extras)  # same order on every rank
         flat = torch.cat([self.scalars, self.bins.reshape(-1)] + [self.extras[n] for n in names])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        self.scalars, bins, extras = flat.split(
-            [_NUM_SCALARS, self.bins.numel(), 2 * len(names)]
-        )
+        self.scalars, bins, extras = flat.split([_NUM_SCALARS, self.bins.numel(), 2 * len(names)])
         self.bins = bins.reshape(3, self.n_bins)
         self.extras = dict(zip(names, extras.reshape(-1, 2)))
 

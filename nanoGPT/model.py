@@ -8,6 +8,7 @@ nanoGPT/conv_model.py) and progressive diverging of the depth (nanoGPT/progressi
 What turns hidden states into a loss and a distribution is the variant's job
 (nanoGPT/variants/), so that every objective trains on every trunk.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,12 @@ from nanoGPT.variants import build_variant
 # The conv trunk keeps the token ids seen so far in it instead (it recomputes, see below).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
-NORMS, MLPS, POS_EMBS, ARCHS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), \
-    ("learned", "rope"), ("gpt", "conv")
+NORMS, MLPS, POS_EMBS, ARCHS = (
+    ("layernorm", "rmsnorm"),
+    ("gelu", "swiglu"),
+    ("learned", "rope"),
+    ("gpt", "conv"),
+)
 
 
 def check_architecture(config: ModelConfig) -> None:
@@ -41,12 +46,16 @@ def check_architecture(config: ModelConfig) -> None:
         raise UserError(f"pos_emb=rope needs an even head size, not {config.n_embd // config.n_head}")
     if config.arch == "conv":
         if config.conv_factor < 2 or config.conv_levels < 1:
-            raise UserError(f"arch=conv needs conv_factor >= 2 and conv_levels >= 1, got "
-                            f"{config.conv_factor} and {config.conv_levels}")
+            raise UserError(
+                f"arch=conv needs conv_factor >= 2 and conv_levels >= 1, got "
+                f"{config.conv_factor} and {config.conv_levels}"
+            )
         if config.n_layer < 2 * config.conv_levels + 1:
-            raise UserError(f"arch=conv with conv_levels={config.conv_levels} needs n_layer >= "
-                            f"{2 * config.conv_levels + 1} (a block before and after each level, "
-                            f"at least one at the bottom), got {config.n_layer}")
+            raise UserError(
+                f"arch=conv with conv_levels={config.conv_levels} needs n_layer >= "
+                f"{2 * config.conv_levels + 1} (a block before and after each level, "
+                f"at least one at the bottom), got {config.n_layer}"
+            )
     progressive.check_config(config)
 
 
@@ -95,9 +104,7 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden_states(
-        self, idx: torch.Tensor, kv_cache: KVCache | None = None
-    ) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, n_embd). With `kv_cache` (a list, filled in place),
         idx holds only the new tokens and positions continue after the cached ones."""
         if self.config.arch == "conv":
@@ -147,8 +154,7 @@ class GPT(nn.Module):
         """The block each layer runs through at the current progressive stage."""
         if not self.config.progressive_group:
             return list(self.transformer.h)
-        return progressive.layer_blocks(self.transformer.h, self.config.progressive_group,
-                                        self.stage)
+        return progressive.layer_blocks(self.transformer.h, self.config.progressive_group, self.stage)
 
     def set_progressive_stage(self, stage: int) -> None:
         """Advance progressive diverging to `stage` (copying blocks, see nanoGPT/progressive.py).
@@ -162,8 +168,7 @@ class GPT(nn.Module):
     @staticmethod
     def _stage_from_buffer(module: GPT, incompatible_keys) -> None:
         module.stage = int(module.progressive_stage)
-        progressive.set_lora_flags(module.transformer.h, module.config.progressive_group,
-                                   module.stage)
+        progressive.set_lora_flags(module.transformer.h, module.config.progressive_group, module.stage)
 
     def forward(self, idx, targets=None, extra_positives=None):
         hidden = self.hidden_states(idx)
@@ -192,6 +197,7 @@ class GPT(nn.Module):
         """
         try:
             from transformers import GPT2LMHeadModel
+
             hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
         except OSError as err:
             raise UserError(
@@ -201,10 +207,20 @@ class GPT(nn.Module):
             ) from None
         hf = hf_model.config
         import dataclasses
+
         config = dataclasses.replace(
-            config, n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd,
-            block_size=hf.n_positions, vocab_size=hf.vocab_size, bias=True,
-            norm="layernorm", mlp="gelu", pos_emb="learned", arch="gpt", progressive_group=0,
+            config,
+            n_layer=hf.n_layer,
+            n_head=hf.n_head,
+            n_embd=hf.n_embd,
+            block_size=hf.n_positions,
+            vocab_size=hf.vocab_size,
+            bias=True,
+            norm="layernorm",
+            mlp="gelu",
+            pos_emb="learned",
+            arch="gpt",
+            progressive_group=0,
         )
         model = cls(config)
         ours = model.state_dict()

@@ -3,6 +3,7 @@
 Figures are drawn on a bare `matplotlib.figure.Figure` (Agg canvas), never through pyplot,
 so nothing here needs a display or changes the backend of a program that imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ def find_metrics_files(paths: Sequence[str]) -> dict[str, str]:
         elif os.path.isfile(os.path.join(path, METRICS_FILE)):
             found[os.path.basename(os.path.abspath(path))] = os.path.join(path, METRICS_FILE)
         elif os.path.isdir(path):
-            runs = sorted(name for name in os.listdir(path)
-                          if os.path.isfile(os.path.join(path, name, METRICS_FILE)))
+            runs = sorted(
+                name for name in os.listdir(path) if os.path.isfile(os.path.join(path, name, METRICS_FILE))
+            )
             if not runs:
                 raise UserError(f"no run folders with a {METRICS_FILE} under {path}")
             for name in runs:
@@ -88,7 +90,9 @@ def eval_split_of(records: list[dict]) -> str:
 
 
 def plot_loss_curves(
-    runs: Mapping[str, str], out_path: str, groups: Mapping[str, str] | None = None,
+    runs: Mapping[str, str],
+    out_path: str,
+    groups: Mapping[str, str] | None = None,
     title: str = "",
 ) -> str:
     """Loss curves of runs (label -> metrics.jsonl) in one PNG with two panels.
@@ -119,11 +123,21 @@ def plot_loss_curves(
             start_nll.extend(v for _, v in points[:1])
             later_nll.extend(v for _, v in points[1:])
         if held_out:
-            ax_nll.plot(*zip(*held_out), "-o", ms=3, color=colour[group],
-                        label=f"{legend} ({split})" if legend else None)
+            ax_nll.plot(
+                *zip(*held_out),
+                "-o",
+                ms=3,
+                color=colour[group],
+                label=f"{legend} ({split})" if legend else None,
+            )
         if train_nll:
-            ax_nll.plot(*zip(*train_nll), "--", color=colour[group], alpha=0.7,
-                        label=f"{legend} (train)" if legend else None)
+            ax_nll.plot(
+                *zip(*train_nll),
+                "--",
+                color=colour[group],
+                alpha=0.7,
+                label=f"{legend} (train)" if legend else None,
+            )
         objective = [(r["iter"], r["loss"]) for r in records.get("train", []) if "loss" in r]
         if objective:
             ax_obj.plot(*zip(*objective), color=colour[group], alpha=0.8, lw=1, label=legend)
@@ -135,8 +149,12 @@ def plot_loss_curves(
         ax_nll.set_ylim(low - pad, high + pad)
         nll_title += "\n(zoomed: the first evaluation is above the top)"
     ax_nll.set(xlabel="iteration", ylabel="NLL (nats/token)", title=nll_title)
-    ax_obj.set(xlabel="iteration", ylabel="training loss", yscale="log",
-               title="each run's own training objective (not comparable across objectives)")
+    ax_obj.set(
+        xlabel="iteration",
+        ylabel="training loss",
+        yscale="log",
+        title="each run's own training objective (not comparable across objectives)",
+    )
     # plain numbers on the log axis, not 4.4 x 10^0
     ax_obj.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
     ax_obj.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
@@ -152,8 +170,10 @@ def plot_loss_curves(
 
 
 def plot_reliability(
-    reliability: Mapping[str, Mapping[str, list]], out_path: str,
-    ece: Mapping[str, float] | None = None, title: str = "",
+    reliability: Mapping[str, Mapping[str, list]],
+    out_path: str,
+    ece: Mapping[str, float] | None = None,
+    title: str = "",
 ) -> str:
     """One reliability diagram per entry (label -> `MetricAccumulator.reliability()`), side by
     side: accuracy per confidence bin against the diagonal of perfect calibration, with the
@@ -171,16 +191,28 @@ def plot_reliability(
         width = edges[1] - edges[0]
         total = sum(bins["count"]) or 1.0
         filled = [i for i, acc in enumerate(bins["accuracy"]) if acc is not None]
-        ax.bar([edges[i] for i in filled], [bins["accuracy"][i] for i in filled], width=width,
-               align="edge", color="C0", edgecolor="white", label="accuracy")
-        ax.bar([edges[i] for i in filled],
-               [bins["confidence"][i] - bins["accuracy"][i] for i in filled], width=width,
-               bottom=[bins["accuracy"][i] for i in filled], align="edge", color="C3",
-               alpha=0.35, label="gap to confidence")
+        ax.bar(
+            [edges[i] for i in filled],
+            [bins["accuracy"][i] for i in filled],
+            width=width,
+            align="edge",
+            color="C0",
+            edgecolor="white",
+            label="accuracy",
+        )
+        ax.bar(
+            [edges[i] for i in filled],
+            [bins["confidence"][i] - bins["accuracy"][i] for i in filled],
+            width=width,
+            bottom=[bins["accuracy"][i] for i in filled],
+            align="edge",
+            color="C3",
+            alpha=0.35,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         share = ax.twinx()
-        share.stairs([c / total for c in bins["count"]], edges, color="grey", lw=1,
-                     label="share of tokens")
+        share.stairs([c / total for c in bins["count"]], edges, color="grey", lw=1, label="share of tokens")
         share.set_ylim(0, 4)  # the token share stays in the lower quarter of the panel
         share.set_yticks([])
         heading = label if ece is None or label not in ece else f"{label}  ECE {ece[label]:.4f}"
@@ -192,7 +224,10 @@ def plot_reliability(
 
 
 def plot_samples(
-    samples: Mapping[str, Sequence[str]], out_path: str, width: int = 80, max_lines: int = 24,
+    samples: Mapping[str, Sequence[str]],
+    out_path: str,
+    width: int = 80,
+    max_lines: int = 24,
     title: str = "",
 ) -> str:
     """Text samples rendered as a PNG, one panel per label (label -> texts; the first texts
@@ -207,7 +242,7 @@ def plot_samples(
             for paragraph in text.splitlines() or [""]:
                 lines.extend(textwrap.wrap(paragraph, width) or [""])
             lines.append("-" * 8)
-        panels[label] = lines if len(lines) <= max_lines else lines[:max_lines - 1] + ["..."]
+        panels[label] = lines if len(lines) <= max_lines else lines[: max_lines - 1] + ["..."]
     columns = min(len(labels), 3)
     rows = math.ceil(len(labels) / columns)
     tallest = max(len(lines) for lines in panels.values())
@@ -215,8 +250,17 @@ def plot_samples(
     fig = Figure(figsize=(0.06 * width * columns + 0.3, (0.12 * tallest + 0.5) * rows))
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, (label, lines) in zip(axes, panels.items()):
-        ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=7, va="top",
-                ha="left", transform=ax.transAxes, parse_math=False)
+        ax.text(
+            0.0,
+            1.0,
+            "\n".join(lines),
+            family="monospace",
+            fontsize=7,
+            va="top",
+            ha="left",
+            transform=ax.transAxes,
+            parse_math=False,
+        )
         ax.set_title(label, fontsize=10, loc="left")
         ax.axis("off")
     return _save_grid(fig, axes, len(labels), title, out_path)

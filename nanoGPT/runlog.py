@@ -1,4 +1,5 @@
 """What a run records: JSON lines in <log_dir>/<run>/metrics.jsonl, samples.txt, optional wandb."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,10 @@ class RunLog:
         os.makedirs(self.dir, exist_ok=True)
         if cfg.wandb_log:
             import wandb  # reads WANDB_API_KEY / WANDB_MODE from the environment only
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or None,
-                                    config=dataclasses.asdict(cfg))
+
+            self.wandb = wandb.init(
+                project=cfg.wandb_project, name=cfg.wandb_run_name or None, config=dataclasses.asdict(cfg)
+            )
 
     def write(self, record: dict) -> None:
         if not self.active:
@@ -31,8 +34,9 @@ class RunLog:
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
-                           step=record["iter"])
+            self.wandb.log(
+                {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["iter"]
+            )
 
     def sample(self, it: int, text: str) -> None:
         if self.active:
@@ -63,10 +67,13 @@ class RunLog:
         if os.path.exists(samples_path):
             with open(samples_path) as f:
                 text = f.read()
-            later = [m.start() for m in re.finditer(r"^--- iter (\d+) ---$", text, re.MULTILINE)
-                     if int(m.group(1)) > iter_num]
+            later = [
+                m.start()
+                for m in re.finditer(r"^--- iter (\d+) ---$", text, re.MULTILINE)
+                if int(m.group(1)) > iter_num
+            ]
             if later:
-                _rewrite(samples_path, text[:later[0]])
+                _rewrite(samples_path, text[: later[0]])
 
     def close(self) -> None:
         if self.wandb is not None:

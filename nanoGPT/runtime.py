@@ -1,4 +1,5 @@
 """Where and how a process trains: device, dtype, autocast, and the torchrun DDP setup."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,7 @@ from nanoGPT.errors import UserError
 @dataclass
 class Runtime:
     """Where and how this process runs."""
+
     device: str
     device_type: str
     ptdtype: torch.dtype
@@ -45,8 +47,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if ddp:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
         world_size = int(os.environ["WORLD_SIZE"])
-        backend = cfg.backend if cfg.backend != "auto" else (
-            "nccl" if device.startswith("cuda") else "gloo")
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)

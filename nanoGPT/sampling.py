@@ -1,4 +1,5 @@
 """Generation through the variant's normalised predictive distribution, with a KV cache."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,9 @@ import torch
 from nanoGPT.model import GPT
 
 
-def apply_filters(log_probs: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> torch.Tensor:
+def apply_filters(
+    log_probs: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Temperature, top-k and top-p on (B, V) log-probs, each row on its own.
     Returns logits whose softmax is the distribution to sample from."""
     logits = log_probs / max(temperature, 1e-8)
@@ -28,10 +30,10 @@ def banned_by_ngrams(sequences: torch.Tensor, ngram_size: int) -> list[set[int]]
     """Per row, the tokens that would repeat an n-gram already in the row."""
     banned: list[set[int]] = []
     for row in sequences.tolist():
-        prefix = tuple(row[len(row) - ngram_size + 1:]) if ngram_size > 1 else ()
+        prefix = tuple(row[len(row) - ngram_size + 1 :]) if ngram_size > 1 else ()
         seen = set()
         for i in range(len(row) - ngram_size + 1):
-            if tuple(row[i: i + ngram_size - 1]) == prefix:
+            if tuple(row[i : i + ngram_size - 1]) == prefix:
                 seen.add(row[i + ngram_size - 1])
         banned.append(seen)
     return banned
@@ -39,8 +41,14 @@ def banned_by_ngrams(sequences: torch.Tensor, ngram_size: int) -> list[set[int]]
 
 @torch.no_grad()
 def generate(
-    model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-    top_k: int = 0, top_p: float = 1.0, greedy: bool = False, no_repeat_ngram_size: int = 0,
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    no_repeat_ngram_size: int = 0,
     samples: int | None = None,
 ) -> torch.Tensor:
     """Continue each row of `idx` (B, T) by `max_new_tokens` tokens.

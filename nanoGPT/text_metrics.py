@@ -4,6 +4,7 @@ A text is a sequence of tokens (words, or token ids: anything hashable). These c
 samples one model generated with each other; they say nothing about quality, only about how
 repetitive a model's samples are within and across themselves.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,9 +63,7 @@ def self_bleu(texts: Sequence[Text], max_n: int = 4) -> float:
     counts = [_all_orders(text, max_n) for text in texts]
     lengths = [len(text) for text in texts]
     scores = [
-        _bleu_from_counts(
-            counts[i], counts[:i] + counts[i + 1 :], lengths[i], lengths[:i] + lengths[i + 1 :]
-        )
+        _bleu_from_counts(counts[i], counts[:i] + counts[i + 1 :], lengths[i], lengths[:i] + lengths[i + 1 :])
         for i in range(len(texts))
     ]
     return sum(scores) / len(scores)

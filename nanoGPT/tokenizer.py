@@ -5,6 +5,7 @@ nanoGPT's convention decides which one a data folder uses: a `meta.pkl` beside t
 a character vocabulary stored in it, or (with "tokenizer": "sentencepiece") a SentencePiece
 model file in the same folder; no `meta.pkl` means GPT-2 BPE.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -150,8 +151,10 @@ class CharTokenizer(Tokenizer):
             and stoi == {ch: i for i, ch in itos.items()}
         )
         if not ok:
-            raise UserError("meta.pkl is inconsistent: itos must map 0..vocab_size-1 to single "
-                            "characters and stoi must be its inverse")
+            raise UserError(
+                "meta.pkl is inconsistent: itos must map 0..vocab_size-1 to single "
+                "characters and stoi must be its inverse"
+            )
         return cls(itos[i] for i in range(vocab_size))
 
     def to_meta(self) -> dict[str, Any]:
@@ -201,8 +204,14 @@ class SentencePieceTokenizer(Tokenizer):
         self.eot_id = eot if self.processor.id_to_piece(eot) == GPT2_EOT else None
 
     @classmethod
-    def train(cls, texts: Iterable[str], out_dir: str, vocab_size: int,
-              model_type: str = "bpe", max_sentences: int = 2_000_000) -> SentencePieceTokenizer:
+    def train(
+        cls,
+        texts: Iterable[str],
+        out_dir: str,
+        vocab_size: int,
+        model_type: str = "bpe",
+        max_sentences: int = 2_000_000,
+    ) -> SentencePieceTokenizer:
         """Train on `texts` (documents; each of their lines is one training sentence) and save
         the model as out_dir/tokenizer.model (atomically)."""
         import sentencepiece
@@ -213,13 +222,26 @@ class SentencePieceTokenizer(Tokenizer):
         model = io.BytesIO()
         try:
             sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=sentences, model_writer=model, vocab_size=vocab_size,
-                model_type=model_type, normalization_rule_name="identity",
-                remove_extra_whitespaces=False, add_dummy_prefix=False, byte_fallback=True,
-                allow_whitespace_only_pieces=True, split_digits=True,
-                user_defined_symbols=[GPT2_EOT], unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-                input_sentence_size=max_sentences, shuffle_input_sentence=True,
-                max_sentence_length=1 << 16, num_threads=os.cpu_count() or 1, minloglevel=2,
+                sentence_iterator=sentences,
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                byte_fallback=True,
+                allow_whitespace_only_pieces=True,
+                split_digits=True,
+                user_defined_symbols=[GPT2_EOT],
+                unk_id=0,
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                input_sentence_size=max_sentences,
+                shuffle_input_sentence=True,
+                max_sentence_length=1 << 16,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,
             )
         except RuntimeError as err:  # e.g. a vocabulary larger than the text supports
             message = str(err).strip().splitlines()[-1] if str(err).strip() else "failed"
@@ -254,8 +276,11 @@ class SentencePieceTokenizer(Tokenizer):
 
     def to_meta(self) -> dict[str, Any]:
         """The meta.pkl that makes load_tokenizer find this model beside the .bin files."""
-        return {"tokenizer": "sentencepiece", "model_file": os.path.basename(self.model_path),
-                "vocab_size": self.vocab_size}
+        return {
+            "tokenizer": "sentencepiece",
+            "model_file": os.path.basename(self.model_path),
+            "vocab_size": self.vocab_size,
+        }
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], data_dir: str) -> SentencePieceTokenizer:
@@ -267,8 +292,10 @@ class SentencePieceTokenizer(Tokenizer):
             raise UserError(f"meta.pkl names the SentencePiece model {path}, which is missing")
         tokenizer = cls(path)
         if tokenizer.vocab_size != meta.get("vocab_size"):
-            raise UserError(f"meta.pkl says {meta.get('vocab_size')} ids, {path} has "
-                            f"{tokenizer.vocab_size}: prepare the data again")
+            raise UserError(
+                f"meta.pkl says {meta.get('vocab_size')} ids, {path} has "
+                f"{tokenizer.vocab_size}: prepare the data again"
+            )
         return tokenizer
 
 
@@ -279,7 +306,12 @@ _PLAIN_DATA_TYPES = frozenset(
 )
 # what unpickling a corrupt or hostile file raises (a refused global is an UnpicklingError)
 _BAD_PICKLE_ERRORS = (
-    pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
     OverflowError,
 )
 

@@ -3,6 +3,7 @@
 Single process:  python train_baseline.py config/train_baseline_shakespeare_char.py
 DDP:             torchrun --standalone --nproc_per_node=8 train_baseline.py CONFIG
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,7 +69,9 @@ def build_optimizer(model: GPT, cfg: TrainConfig, device_type: str) -> torch.opt
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+        groups,
+        lr=cfg.learning_rate,
+        betas=(cfg.beta1, cfg.beta2),
         fused=device_type == "cuda" or None,
     )
 
@@ -90,8 +93,10 @@ def resume_checkpoint(cfg: TrainConfig, rt: Runtime) -> tuple[str | None, dict |
         path = chosen[0]
     if path is None:
         if cfg.init_from == "resume":
-            raise UserError(f"init_from=resume: checkpoint not found (no valid one in "
-                            f"{cfg.out_dir}; init_from=auto starts from scratch when there is none)")
+            raise UserError(
+                f"init_from=resume: checkpoint not found (no valid one in "
+                f"{cfg.out_dir}; init_from=auto starts from scratch when there is none)"
+            )
         return None, None
     ckpt = found[1] if found else load_checkpoint(path)
     if rt.master:
@@ -118,8 +123,7 @@ def nan_injected(cfg: TrainConfig, it: int) -> bool:
     return 0 <= start <= it < start + cfg.debug_nan_steps
 
 
-def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: int,
-                 ckpt: dict | None = None):
+def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: int, ckpt: dict | None = None):
     """The model (from `ckpt` when resuming) and that checkpoint."""
     cfg_model = cfg.model_args()
     if cfg_model.kl_num_tokens == 0:
@@ -134,8 +138,10 @@ def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: i
         return GPT(cfg_model), None
     model = GPT.from_pretrained(cfg.init_from, cfg_model)  # gpt2, gpt2-medium, ... or a folder
     if model.config.vocab_size != vocab_size:
-        raise UserError(f"{cfg.init_from} has a vocabulary of {model.config.vocab_size} tokens, "
-                        f"the data has {vocab_size}: prepare the data with the GPT-2 tokenizer")
+        raise UserError(
+            f"{cfg.init_from} has a vocabulary of {model.config.vocab_size} tokens, "
+            f"the data has {vocab_size}: prepare the data with the GPT-2 tokenizer"
+        )
     return model, None
 
 
@@ -151,8 +157,10 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, rt: Runtime) -> dict:
     if cfg.gradient_accumulation_steps % rt.world_size:
-        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
-                        f"multiple of the number of processes ({rt.world_size})")
+        raise UserError(
+            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
+            f"multiple of the number of processes ({rt.world_size})"
+        )
     if cfg.eval_split not in ("val", "test"):
         raise UserError(f"eval_split must be val or test, got {cfg.eval_split!r}")
     for key in ("checkpoint_interval", "checkpoint_minutes", "max_bad_steps"):
@@ -205,8 +213,11 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
         model = torch.compile(model)
     if rt.ddp:
         # progressive diverging leaves the blocks a stage does not use without a gradient
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
-                    find_unused_parameters=bool(raw_model.config.progressive_group))
+        model = DDP(
+            model,
+            device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
+            find_unused_parameters=bool(raw_model.config.progressive_group),
+        )
 
     # extra positive targets from a teacher LM, for the multi-hot variants (None otherwise)
     augmenter = build_augmenter(cfg, raw_model, data, rt.device)
@@ -215,15 +226,25 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
         log.keep_through(iter_num if resumed_from else -1)
     tokens_per_iter = accum_steps * rt.world_size * cfg.batch_size * cfg.block_size
     if rt.master:
-        print(f"{cfg.variant}: {raw_model.num_params() / 1e6:.2f}M parameters, "
-              f"{tokens_per_iter} tokens/iter, device {rt.device}, {rt.ptdtype}, "
-              f"{rt.world_size} process(es), data {data_dir}")
+        print(
+            f"{cfg.variant}: {raw_model.num_params() / 1e6:.2f}M parameters, "
+            f"{tokens_per_iter} tokens/iter, device {rt.device}, {rt.ptdtype}, "
+            f"{rt.world_size} process(es), data {data_dir}"
+        )
 
     def run_eval() -> dict:
         results = {}
         for split in ("train", cfg.eval_split):
-            metrics = evaluate(raw_model, data, split, cfg.eval_iters, token_bytes, rt.autocast(),
-                               rt.world_size, seed=cfg.seed)
+            metrics = evaluate(
+                raw_model,
+                data,
+                split,
+                cfg.eval_iters,
+                token_bytes,
+                rt.autocast(),
+                rt.world_size,
+                seed=cfg.seed,
+            )
             results.update({f"{split}/{k}": v for k, v in metrics.items()})
         if rt.ddp:  # ranks must hold identical weights; a non-zero spread means a sync bug
             checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum()
@@ -234,28 +255,47 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
 
     def save(best: bool) -> None:
         """Checkpoint this iteration (every rank calls it: the RNG states are gathered)."""
-        mine = {"torch": torch.get_rng_state(), "loss_sum": loss_sum.item(),
-                "cuda": torch.cuda.get_rng_state() if rt.device_type == "cuda" else None}
+        mine = {
+            "torch": torch.get_rng_state(),
+            "loss_sum": loss_sum.item(),
+            "cuda": torch.cuda.get_rng_state() if rt.device_type == "cuda" else None,
+        }
         gathered: list = [mine]
         if rt.ddp:  # each rank's dropout stream and loss sum, so every rank resumes its own
             gathered = [None] * rt.world_size
             dist.all_gather_object(gathered, mine)
         if not rt.master:
             return
-        rng = {"torch": [g["torch"] for g in gathered],
-               "cuda": [g["cuda"] for g in gathered if g["cuda"] is not None]}
-        run_state = {"loss_sum": [g["loss_sum"] for g in gathered],
-                     "good_since_log": good_since_log, "bad_steps": bad_steps,
-                     "bad_in_a_row": bad_in_a_row}
-        save_checkpoint({
-            "format": CHECKPOINT_FORMAT, "variant": cfg.variant,
-            "model_args": dataclasses.asdict(raw_model.config),
-            "config": dataclasses.asdict(cfg), "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(), "iter_num": iter_num,
-            "best_val_loss": best_val_loss, "rng": rng, "run_state": run_state,
-            "tokenizer": tokenizer_record(tokenizer),
-        }, cfg.out_dir, iter_num, best=best, keep=cfg.keep_checkpoints,
-            pause_s=cfg.debug_save_pause_s)
+        rng = {
+            "torch": [g["torch"] for g in gathered],
+            "cuda": [g["cuda"] for g in gathered if g["cuda"] is not None],
+        }
+        run_state = {
+            "loss_sum": [g["loss_sum"] for g in gathered],
+            "good_since_log": good_since_log,
+            "bad_steps": bad_steps,
+            "bad_in_a_row": bad_in_a_row,
+        }
+        save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "variant": cfg.variant,
+                "model_args": dataclasses.asdict(raw_model.config),
+                "config": dataclasses.asdict(cfg),
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iter_num": iter_num,
+                "best_val_loss": best_val_loss,
+                "rng": rng,
+                "run_state": run_state,
+                "tokenizer": tokenizer_record(tokenizer),
+            },
+            cfg.out_dir,
+            iter_num,
+            best=best,
+            keep=cfg.keep_checkpoints,
+            pause_s=cfg.debug_save_pause_s,
+        )
 
     last_metrics: dict = {}
     # the checkpoint's iteration was evaluated, sampled and saved before; not again
@@ -275,10 +315,12 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
             last_metrics = run_eval()
             val_loss = last_metrics[f"{cfg.eval_split}/nll"]
             if rt.master:
-                print(f"step {iter_num}: train nll {last_metrics['train/nll']:.4f}, "
-                      f"{cfg.eval_split} nll {val_loss:.4f} (ppl {math.exp(val_loss):.2f}, "
-                      f"acc {last_metrics[f'{cfg.eval_split}/acc']:.3f}, "
-                      f"ece {last_metrics[f'{cfg.eval_split}/ece']:.3f})")
+                print(
+                    f"step {iter_num}: train nll {last_metrics['train/nll']:.4f}, "
+                    f"{cfg.eval_split} nll {val_loss:.4f} (ppl {math.exp(val_loss):.2f}, "
+                    f"acc {last_metrics[f'{cfg.eval_split}/acc']:.3f}, "
+                    f"ece {last_metrics[f'{cfg.eval_split}/ece']:.3f})"
+                )
             log.write({"iter": iter_num, "kind": "eval", **last_metrics})
             if cfg.eval_only:
                 break
@@ -287,16 +329,17 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
             if cfg.sample_interval and iter_num % cfg.sample_interval == 0 and rt.master:
                 log.sample(iter_num, sample_text(raw_model, tokenizer, cfg, rt))
         by_interval = cfg.checkpoint_interval > 0 and iter_num % cfg.checkpoint_interval == 0
-        if fresh and (iter_num > 0 or at_end) and (
-                evaluated or by_interval or save_due_by_time or stopping):
+        if fresh and (iter_num > 0 or at_end) and (evaluated or by_interval or save_due_by_time or stopping):
             save(best=improved)
             last_save_time, save_due_by_time = time.time(), False
         if stopping:
-            message = (f"{bad_in_a_row} updates in a row were skipped for a non-finite loss or "
-                       f"gradient (more than max_bad_steps={cfg.max_bad_steps}); stopped at "
-                       f"iteration {iter_num} with the last good state saved in "
-                       f"{numbered_checkpoint_path(cfg.out_dir, iter_num)}: lower learning_rate, "
-                       "lengthen warmup_iters or check the data, then rerun with init_from=auto")
+            message = (
+                f"{bad_in_a_row} updates in a row were skipped for a non-finite loss or "
+                f"gradient (more than max_bad_steps={cfg.max_bad_steps}); stopped at "
+                f"iteration {iter_num} with the last good state saved in "
+                f"{numbered_checkpoint_path(cfg.out_dir, iter_num)}: lower learning_rate, "
+                "lengthen warmup_iters or check the data, then rerun with init_from=auto"
+            )
             log.write({"iter": iter_num, "kind": "stopped", "reason": message})
             log.close()
             raise UserError(message)
@@ -324,7 +367,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in raw_model.parameters() if p.grad is not None])
+                [p.grad for p in raw_model.parameters() if p.grad is not None]
+            )
         # A non-finite loss or gradient skips the update. With fp16 loss scaling an inf
         # gradient is the scaler's business: it skips that step itself and lowers the scale.
         bad_here = ~torch.isfinite(step_loss)
@@ -341,13 +385,21 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
             bad_steps += 1
             bad_in_a_row += 1
             if rt.master:
-                print(f"iter {iter_num + 1}: update skipped: loss {step_loss.item():.4g}, grad norm "
-                      f"{grad_norm.item():.4g} ({bad_in_a_row} in a row, {bad_steps} in all)",
-                      flush=True)
-            log.write({"iter": iter_num + 1, "kind": "bad_step",
-                       "loss": finite_or_none(step_loss.item()),
-                       "grad_norm": finite_or_none(grad_norm.item()),
-                       "in_a_row": bad_in_a_row, "bad_steps": bad_steps})
+                print(
+                    f"iter {iter_num + 1}: update skipped: loss {step_loss.item():.4g}, grad norm "
+                    f"{grad_norm.item():.4g} ({bad_in_a_row} in a row, {bad_steps} in all)",
+                    flush=True,
+                )
+            log.write(
+                {
+                    "iter": iter_num + 1,
+                    "kind": "bad_step",
+                    "loss": finite_or_none(step_loss.item()),
+                    "grad_norm": finite_or_none(grad_norm.item()),
+                    "in_a_row": bad_in_a_row,
+                    "bad_steps": bad_steps,
+                }
+            )
         else:
             scaler.step(optimizer)
             scaler.update()
@@ -366,13 +418,22 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
             train_loss = loss_sum.item() / good_since_log if good_since_log else None
             dt = (time.time() - t_last) / max(1, timed_iters)
             tokens_per_s = tokens_per_iter / dt
-            record = {"iter": iter_num, "kind": "train", "loss": train_loss, "lr": lr,
-                      "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_s,
-                      "grad_norm": finite_or_none(grad_norm.item()), "bad_steps": bad_steps,
-                      **{k: finite_or_none(v.item()) for k, v in stats.items()}}
+            record = {
+                "iter": iter_num,
+                "kind": "train",
+                "loss": train_loss,
+                "lr": lr,
+                "ms_per_iter": dt * 1000,
+                "tokens_per_s": tokens_per_s,
+                "grad_norm": finite_or_none(grad_norm.item()),
+                "bad_steps": bad_steps,
+                **{k: finite_or_none(v.item()) for k, v in stats.items()},
+            }
             shown = "-" if train_loss is None else f"{train_loss:.4f}"
-            line = f"iter {iter_num}: loss {shown}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, " \
-                   f"{tokens_per_s / 1000:.1f}k tok/s"
+            line = (
+                f"iter {iter_num}: loss {shown}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                f"{tokens_per_s / 1000:.1f}k tok/s"
+            )
             if rt.device_type == "cuda":
                 record["mfu"] = raw_model.flops_per_token() * tokens_per_s / rt.world_size / cfg.peak_flops
                 line += f", mfu {record['mfu'] * 100:.1f}%"
@@ -387,7 +448,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> dict:
 
 def sample_text(model: GPT, tokenizer, cfg: TrainConfig, rt: Runtime) -> str:
     """A short sample from a fixed prompt and seed, so samples.txt shows text improving."""
-    ids = tokenizer.encode(cfg.sample_prompt)[-cfg.block_size:] or [0]
+    ids = tokenizer.encode(cfg.sample_prompt)[-cfg.block_size :] or [0]
     idx = torch.tensor([ids], dtype=torch.long, device=rt.device)
     devices = [rt.device] if rt.device_type == "cuda" else []
     was_training = model.training
@@ -405,6 +466,8 @@ def main(variant: str, argv: list[str] | None = None) -> dict:
     """Entry point of train_<variant>.py: the variant is fixed, everything else configurable."""
     cfg = apply_config(TrainConfig(variant=variant), sys.argv[1:] if argv is None else argv)
     if cfg.variant != variant:
-        raise UserError(f"this entry point trains variant {variant!r}, the config asks for "
-                        f"{cfg.variant!r}: use train_{cfg.variant}.py")
+        raise UserError(
+            f"this entry point trains variant {variant!r}, the config asks for "
+            f"{cfg.variant!r}: use train_{cfg.variant}.py"
+        )
     return train(cfg)

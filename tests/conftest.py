@@ -1,4 +1,5 @@
 """Shared fixtures: real embedded Shakespeare text, prepared once per test session."""
+
 import dataclasses
 import os
 
@@ -34,9 +35,23 @@ def bpe_data(tmp_path_factory) -> str:
 def tiny_config(data_dir: str, tmp_path, **overrides) -> TrainConfig:
     """A model and loop small enough for a test: seconds per hundred iterations."""
     base = TrainConfig(
-        data_dir=data_dir, out_dir=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"),
-        run_name="test", device="cpu", n_layer=2, n_head=2, n_embd=32, block_size=32,
-        batch_size=8, max_iters=20, eval_interval=10, eval_iters=2, log_interval=1,
-        learning_rate=3e-3, warmup_iters=5, min_lr=3e-4, dropout=0.0,
+        data_dir=data_dir,
+        out_dir=str(tmp_path / "out"),
+        log_dir=str(tmp_path / "logs"),
+        run_name="test",
+        device="cpu",
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        batch_size=8,
+        max_iters=20,
+        eval_interval=10,
+        eval_iters=2,
+        log_interval=1,
+        learning_rate=3e-3,
+        warmup_iters=5,
+        min_lr=3e-4,
+        dropout=0.0,
     )
     return dataclasses.replace(base, **overrides)

@@ -4,6 +4,7 @@ Causality at every position for every architecture, the layers against their for
 KV cache with rotary positions, what each progressive stage trains, exact resume across a
 stage boundary, and every architecture x every variant through the one training loop.
 """
+
 import dataclasses
 import json
 import math
@@ -77,12 +78,12 @@ def positions_that_see_the_future(model: GPT, idx: torch.Tensor) -> list[int]:
     leaks = []
     for t in range(idx.size(1) - 1):
         changed = idx.clone()
-        changed[:, t + 1:] = torch.randint(model.config.vocab_size, changed[:, t + 1:].shape)
+        changed[:, t + 1 :] = torch.randint(model.config.vocab_size, changed[:, t + 1 :].shape)
         out = model(changed)
         if not torch.allclose(out[:, : t + 1], reference[:, : t + 1], atol=1e-6):
             leaks.append(t)
         # and the test can see a change: the future positions do depend on those tokens
-        assert not torch.allclose(out[:, t + 1:], reference[:, t + 1:])
+        assert not torch.allclose(out[:, t + 1 :], reference[:, t + 1 :])
     return leaks
 
 
@@ -97,6 +98,7 @@ def test_causality_at_every_position(name):
 
 def test_the_causality_check_catches_an_unshifted_convolution(monkeypatch):
     """Groups that start (rather than end) at the position they serve leak the future."""
+
     def unshifted_groups(x, factor):
         B, T, C = x.shape
         groups = math.ceil(T / factor)
@@ -133,7 +135,7 @@ def test_rmsnorm_matches_its_formula():
     with torch.no_grad():
         norm.weight.normal_()
     x = torch.randn(3, 5, 8) * 3 + 1
-    reference = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    reference = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
     assert torch.allclose(norm(x), reference, atol=1e-6)
 
 
@@ -164,8 +166,7 @@ def test_rope_rotates_each_pair_by_position_times_frequency():
             reference[..., t, i + half] = a * s + b * c
     assert torch.allclose(out, reference, atol=1e-5)
     # a later start continues the positions (what the KV cache relies on)
-    assert torch.allclose(apply_rotary(x[..., 5:9, :], rotary.tables(5, 4)), out[..., 5:9, :],
-                          atol=1e-6)
+    assert torch.allclose(apply_rotary(x[..., 5:9, :], rotary.tables(5, 4)), out[..., 5:9, :], atol=1e-6)
 
 
 def test_rope_scores_depend_only_on_the_offset():
@@ -192,45 +193,47 @@ def test_llama_attention_is_scaled_by_head_dim_and_has_no_bias():
     q, k, v = (t.view(1, 7, 2, head_dim).transpose(1, 2) for t in attn.c_attn(x).split(16, 2))
     rope = model.rotary.tables(0, 7)
     q, k = apply_rotary(q, rope), apply_rotary(k, rope)
-    scores = (q @ k.transpose(-1, -2)) * head_dim ** -0.5
+    scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5
     scores = scores.masked_fill(torch.ones(7, 7).triu(1).bool(), float("-inf"))
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 7, 16)
     out, _ = attn(x, rope=rope)
     assert torch.allclose(out, attn.c_proj(y), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama", "conv_f3_levels2_llama", "progressive_stage1",
-                                  "progressive_stage2"])
+@pytest.mark.parametrize(
+    "name", ["llama", "conv_f3_levels2_llama", "progressive_stage1", "progressive_stage2"]
+)
 def test_cached_generation_equals_full_recomputation(name):
     model = build(name)
     prompt = torch.randint(BASE.vocab_size, (2, 4))
     out = generate(model, prompt, max_new_tokens=30, greedy=True)  # runs past block_size
     idx = prompt
     for _ in range(30):
-        hidden = model.hidden_states(idx[:, -BASE.block_size:])
+        hidden = model.hidden_states(idx[:, -BASE.block_size :])
         idx = torch.cat([idx, model.variant.log_probs(hidden[:, -1]).argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, idx)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(norm="batchnorm"), "norm must be one of"),
-    (dict(arch="conv", n_layer=2), "n_layer >= 3"),
-    (dict(arch="conv", conv_factor=1), "conv_factor >= 2"),
-    (dict(progressive_group=3, n_layer=6), "must be even"),
-    (dict(progressive_group=4, n_layer=6), "divide n_layer"),
-    (dict(progressive_group=2, arch="conv", n_layer=4), "needs arch=gpt"),
-    (dict(n_head=3), "multiple of n_head"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(norm="batchnorm"), "norm must be one of"),
+        (dict(arch="conv", n_layer=2), "n_layer >= 3"),
+        (dict(arch="conv", conv_factor=1), "conv_factor >= 2"),
+        (dict(progressive_group=3, n_layer=6), "must be even"),
+        (dict(progressive_group=4, n_layer=6), "divide n_layer"),
+        (dict(progressive_group=2, arch="conv", n_layer=4), "needs arch=gpt"),
+        (dict(n_head=3), "multiple of n_head"),
+    ],
+)
 def test_bad_trunk_configs_are_one_clear_error(overrides, message):
     with pytest.raises(UserError, match=message):
         GPT(dataclasses.replace(BASE, **overrides))
 
 
 def test_llama_story_config_builds_the_small_llama2_model():
-    cfg = apply_config(TrainConfig(), [os.path.join(REPO, "config",
-                                                    "train_baseline_tinystories_llama.py")])
-    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == \
-        (8, 8, 256, 128, 4096)
+    cfg = apply_config(TrainConfig(), [os.path.join(REPO, "config", "train_baseline_tinystories_llama.py")])
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (8, 8, 256, 128, 4096)
     model = GPT(cfg.model_args())
     assert isinstance(model.transformer.ln_f, RMSNorm) and model.supports_kv_cache
     assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
@@ -295,8 +298,12 @@ def test_each_progressive_stage_trains_exactly_its_parameters():
     def lora(i):
         return {n for n in names if n.startswith(f"transformer.h.{i}.") and "lora" in n}
 
-    shared = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
-              "transformer.ln_f.bias"}
+    shared = {
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+    }
     # stage 1: one block for all four layers
     assert changed_by_one_step(model, optimizer) == shared | block(0)
     # stage 2: the half groups' blocks 0 and 2; attention only through the adapters
@@ -306,8 +313,7 @@ def test_each_progressive_stage_trains_exactly_its_parameters():
     assert changed_by_one_step(model, optimizer) == expected
     # stage 3: every layer's block, the adapters no more
     model.set_progressive_stage(3)
-    assert changed_by_one_step(model, optimizer) == shared | block(0) | block(1) | block(2) | \
-        block(3)
+    assert changed_by_one_step(model, optimizer) == shared | block(0) | block(1) | block(2) | block(3)
 
 
 def read_log(cfg, kind):
@@ -315,11 +321,18 @@ def read_log(cfg, kind):
         return [r for r in map(json.loads, f) if r["kind"] == kind]
 
 
-def test_progressive_resume_across_a_stage_boundary_equals_an_uninterrupted_run(char_data,
-                                                                               tmp_path):
-    common = dict(dropout=0.1, lr_decay_iters=20, eval_interval=10, gradient_accumulation_steps=2,
-                  n_layer=4, progressive_group=4, progressive_iters=20, progressive_stage2=0.25,
-                  progressive_stage3=0.5)
+def test_progressive_resume_across_a_stage_boundary_equals_an_uninterrupted_run(char_data, tmp_path):
+    common = dict(
+        dropout=0.1,
+        lr_decay_iters=20,
+        eval_interval=10,
+        gradient_accumulation_steps=2,
+        n_layer=4,
+        progressive_group=4,
+        progressive_iters=20,
+        progressive_stage2=0.25,
+        progressive_stage3=0.5,
+    )
     straight = tiny_config(char_data, tmp_path / "a", max_iters=20, **common)
     train(straight)
     half = tiny_config(char_data, tmp_path / "b", max_iters=7, **common)  # stops in stage 2
@@ -351,13 +364,19 @@ TRAINED_ARCHITECTURES = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("arch", list(TRAINED_ARCHITECTURES))
 def test_every_architecture_trains_every_variant(arch, variant, char_data, tmp_path):
-    cfg = tiny_config(char_data, tmp_path, variant=variant, max_iters=8, eval_interval=8,
-                      eval_iters=1, **TRAINED_ARCHITECTURES[arch])
+    cfg = tiny_config(
+        char_data,
+        tmp_path,
+        variant=variant,
+        max_iters=8,
+        eval_interval=8,
+        eval_iters=1,
+        **TRAINED_ARCHITECTURES[arch],
+    )
     metrics = train(cfg)
     losses = [r["loss"] for r in read_log(cfg, "train")]
     assert len(losses) == 8 and all(loss is not None and math.isfinite(loss) for loss in losses)
     assert min(losses[-3:]) < losses[0]
     assert math.isfinite(metrics["val/nll"])
     if arch == "progressive":
-        assert int(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["model"][
-            "progressive_stage"]) == 3
+        assert int(load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["model"]["progressive_stage"]) == 3

@@ -1,4 +1,5 @@
 """The augmenter: alignment, positives, batched filter = reference, cache, teachers, errors."""
+
 import dataclasses
 import json
 import os
@@ -37,8 +38,9 @@ from tests.conftest import tiny_config
 
 def write_cycle_data(out_dir, letters: str) -> str:
     text = letters * 600
-    write_text_dataset(str(out_dir), CharTokenizer.from_text(text),
-                       {"train": text[:4000], "val": text[4000:]})
+    write_text_dataset(
+        str(out_dir), CharTokenizer.from_text(text), {"train": text[:4000], "val": text[4000:]}
+    )
     return str(out_dir)
 
 
@@ -56,8 +58,14 @@ def cycle_data(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def cycle_teacher(cycle_data, tmp_path_factory) -> str:
-    return train_teacher(cycle_data, tmp_path_factory.mktemp("cycle_teacher"), block_size=16,
-                         max_iters=30, eval_interval=30, learning_rate=2e-2)
+    return train_teacher(
+        cycle_data,
+        tmp_path_factory.mktemp("cycle_teacher"),
+        block_size=16,
+        max_iters=30,
+        eval_interval=30,
+        learning_rate=2e-2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +73,18 @@ def small_char(tmp_path_factory) -> str:
     """20k characters of the plays: small enough to cache in a test."""
     text, splits = shakespeare_splits()
     out_dir = str(tmp_path_factory.mktemp("small_char"))
-    write_text_dataset(out_dir, CharTokenizer.from_text(text),
-                       {"train": splits["train"][:20_000], "val": splits["val"][:4_000]})
+    write_text_dataset(
+        out_dir,
+        CharTokenizer.from_text(text),
+        {"train": splits["train"][:20_000], "val": splits["val"][:4_000]},
+    )
     return out_dir
 
 
 @pytest.fixture(scope="module")
 def char_teacher(small_char, tmp_path_factory) -> str:
     """A briefly trained baseline: a spread-out distribution, so filters have work to do."""
-    return train_teacher(small_char, tmp_path_factory.mktemp("char_teacher"), max_iters=30,
-                         eval_interval=30)
+    return train_teacher(small_char, tmp_path_factory.mktemp("char_teacher"), max_iters=30, eval_interval=30)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +100,16 @@ def hf_folder(tmp_path_factory) -> str:
 
 
 def augment_config(data_dir, tmp_path, teacher, **overrides):
-    settings = dict(variant="sigmoid", augment=True, teacher=teacher, augment_filter="prob",
-                    augment_min_prob=0.05, augment_k=5, augment_positions="all", batch_size=16)
+    settings = dict(
+        variant="sigmoid",
+        augment=True,
+        teacher=teacher,
+        augment_filter="prob",
+        augment_min_prob=0.05,
+        augment_k=5,
+        augment_positions="all",
+        batch_size=16,
+    )
     return tiny_config(data_dir, tmp_path, **{**settings, **overrides})
 
 
@@ -116,8 +134,7 @@ def as_sets(positives: torch.Tensor) -> torch.Tensor:
 
 
 def test_candidates_are_the_teachers_guess_for_the_next_token(cycle_data, cycle_teacher):
-    augmenter = augmenter_for(cycle_teacher, cycle_data, k=2, filter="prob", min_prob=0.5,
-                              positions="all")
+    augmenter = augmenter_for(cycle_teacher, cycle_data, k=2, filter="prob", min_prob=0.5, positions="all")
     batch = TokenData(cycle_data, 16, 4, "cpu").train_batch(3)
     positives = augmenter(batch)
     assert positives.shape == (4, 16, 2) and positives.dtype == torch.long
@@ -131,8 +148,7 @@ def test_candidates_are_the_teachers_guess_for_the_next_token(cycle_data, cycle_
 
 
 def test_true_token_always_positive_and_padding_never(small_char, char_teacher):
-    augmenter = augmenter_for(char_teacher, small_char, k=8, filter="perplexity", window=8,
-                              positions="one")
+    augmenter = augmenter_for(char_teacher, small_char, k=8, filter="perplexity", window=8, positions="one")
     batch = TokenData(small_char, 32, 6, "cpu").train_batch(5)
     chosen = select_positions(batch.starts, 32, "one", seed=7)
     # a threshold at the median window perplexity: about half the candidates pass
@@ -164,8 +180,7 @@ def test_true_token_always_positive_and_padding_never(small_char, char_teacher):
     rows, slots = torch.nonzero(extras >= 0, as_tuple=True)
     dense[rows, extras[rows, slots]] = 1
     loss, counts = sparse_bce(logits, batch.y, positives)
-    reference = F.binary_cross_entropy_with_logits(logits.reshape(-1, vocab), dense,
-                                                   reduction="none").sum(-1)
+    reference = F.binary_cross_entropy_with_logits(logits.reshape(-1, vocab), dense, reduction="none").sum(-1)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
     assert torch.equal(counts, dense.sum(-1).long())
 
@@ -185,10 +200,12 @@ def test_positions_fraction_and_all(small_char):
 
 
 @pytest.mark.parametrize("window, block_size", [(2, 32), (8, 32), (32, 16)])
-def test_batched_perplexity_filter_equals_one_candidate_at_a_time(small_char, char_teacher,
-                                                                  window, block_size):
-    augmenter = augmenter_for(char_teacher, small_char, k=5, filter="perplexity", window=window,
-                              threshold=1e9)
+def test_batched_perplexity_filter_equals_one_candidate_at_a_time(
+    small_char, char_teacher, window, block_size
+):
+    augmenter = augmenter_for(
+        char_teacher, small_char, k=5, filter="perplexity", window=window, threshold=1e9
+    )
     batch = TokenData(small_char, block_size, 2, "cpu").train_batch(11)
     T = block_size  # positions near both ends of the rows, where windows are cut
     positions = np.array([[0, 1, 5, T // 2, T - 2, T - 1], [3, 4, T // 2 - 1, T - 5, T - 3, T - 1]])
@@ -200,7 +217,8 @@ def test_batched_perplexity_filter_equals_one_candidate_at_a_time(small_char, ch
         for j, t in enumerate(positions[b]):
             for c in range(5):
                 reference[b, j, c] = reference_window_perplexity(
-                    augmenter.teacher, row, int(t), int(proposal.ids[b, j, c]), window)
+                    augmenter.teacher, row, int(t), int(proposal.ids[b, j, c]), window
+                )
     torch.testing.assert_close(batched, reference, rtol=1e-4, atol=0)
     # a threshold between two neighbouring scores keeps some candidates and drops others:
     # the batched filter keeps exactly those the reference keeps
@@ -261,8 +279,9 @@ def test_cache_and_online_give_the_same_positives(small_char, char_teacher, buil
     for positions in ("all", "one", "0.5"):
         run = dataclasses.replace(cfg, augment_positions=positions)
         cached = open_cache(run, small_char, "cpu")(batch)
-        online = augmenter_for(char_teacher, small_char, k=5, filter="prob", min_prob=0.05,
-                               positions=positions)
+        online = augmenter_for(
+            char_teacher, small_char, k=5, filter="prob", min_prob=0.05, positions=positions
+        )
         online.seed = run.seed
         expected = online(batch)
         assert (expected >= 0).sum() > 4
@@ -310,7 +329,7 @@ def test_interrupted_cache_build_resumes(small_char, built_cache, monkeypatch, t
     with pytest.raises(UserError, match="incomplete"):
         open_cache(cfg, small_char, "cpu")
 
-    calls["n"] = -10**9  # no more interruptions; count the passes the second run makes
+    calls["n"] = -(10**9)  # no more interruptions; count the passes the second run makes
     build_cache(cfg, show_progress=False)
     passes = calls["n"] + 10**9
     targets = os.path.getsize(os.path.join(small_char, "train.bin")) // 2 - 1
@@ -319,9 +338,9 @@ def test_interrupted_cache_build_resumes(small_char, built_cache, monkeypatch, t
     assert passes == all_passes - 3  # it continued, it did not start over
     assert open(bin_path, "rb").read() == open(reference_bin, "rb").read()
     assert json.load(open(json_path))["complete"]
-    calls["n"] = -10**9
+    calls["n"] = -(10**9)
     build_cache(cfg, show_progress=False)  # complete and current: nothing to do
-    assert calls["n"] == -10**9
+    assert calls["n"] == -(10**9)
 
 
 # --- teachers -----------------------------------------------------------------------------
@@ -330,9 +349,18 @@ def test_interrupted_cache_build_resumes(small_char, built_cache, monkeypatch, t
 def test_hugging_face_teacher_from_a_local_folder(bpe_data, hf_folder, tmp_path):
     from transformers import GPT2LMHeadModel
 
-    cfg = augment_config(bpe_data, tmp_path, hf_folder, augment_filter="perplexity",
-                         augment_k=4, augment_positions="one", augment_window=8,
-                         augment_threshold=1e9, batch_size=2, block_size=16)
+    cfg = augment_config(
+        bpe_data,
+        tmp_path,
+        hf_folder,
+        augment_filter="perplexity",
+        augment_k=4,
+        augment_positions="one",
+        augment_window=8,
+        augment_threshold=1e9,
+        batch_size=2,
+        block_size=16,
+    )
     student = GPT(dataclasses.replace(cfg.model_args(), vocab_size=50257))
     data = TokenData(bpe_data, 16, 2, "cpu")
     augmenter = build_augmenter(cfg, student, data, "cpu")  # the code path of teacher="gpt2"
@@ -344,8 +372,9 @@ def test_hugging_face_teacher_from_a_local_folder(bpe_data, hf_folder, tmp_path)
     reference = GPT2LMHeadModel.from_pretrained(hf_folder).eval()
     with torch.no_grad():
         logits = reference(batch.x).logits
-    torch.testing.assert_close(augmenter.teacher.log_probs(batch.x), logits.log_softmax(-1),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        augmenter.teacher.log_probs(batch.x), logits.log_softmax(-1), rtol=1e-5, atol=1e-5
+    )
     chosen = select_positions(batch.starts, 16, "one", cfg.seed)
     for b in range(2):
         t = int(chosen[b, 0])
@@ -359,21 +388,27 @@ def test_hub_teacher_offline_is_a_clear_error(bpe_data):
     assert "local folder" in str(err.value)
 
 
-def test_vocabulary_mismatch_is_refused(small_char, cycle_data, cycle_teacher, char_teacher,
-                                        hf_folder, tmp_path):
+def test_vocabulary_mismatch_is_refused(
+    small_char, cycle_data, cycle_teacher, char_teacher, hf_folder, tmp_path
+):
     with pytest.raises(UserError, match="Hugging Face model"):
         load_teacher(hf_folder, "cpu", load_tokenizer(small_char))
-    with pytest.raises(UserError, match=r"teacher ckpt:.*\(80 characters\) is not the one .* "
-                                        r"trained on \(8 characters\)"):
+    with pytest.raises(
+        UserError,
+        match=r"teacher ckpt:.*\(80 characters\) is not the one .* "
+        r"trained on \(8 characters\)",
+    ):
         load_teacher(cycle_teacher, "cpu", load_tokenizer(small_char), small_char)
-    with pytest.raises(UserError, match=r"GPT-2 BPE \(50257 ids\)\) is not the one .* "
-                                        r"\(80 characters\)"):
+    with pytest.raises(
+        UserError,
+        match=r"GPT-2 BPE \(50257 ids\)\) is not the one .* "
+        r"\(80 characters\)",
+    ):
         load_teacher(char_teacher, "cpu", gpt2_tokenizer())
     same_size = write_cycle_data(tmp_path / "ijk", "ijklmnop")  # 8 other characters
     with pytest.raises(UserError, match="other characters"):
         load_teacher(cycle_teacher, "cpu", load_tokenizer(same_size))
-    assert isinstance(load_teacher(cycle_teacher, "cpu", load_tokenizer(cycle_data)),
-                      CheckpointTeacher)
+    assert isinstance(load_teacher(cycle_teacher, "cpu", load_tokenizer(cycle_data)), CheckpointTeacher)
 
 
 # --- the training loop --------------------------------------------------------------------
@@ -385,13 +420,18 @@ def read_train_log(cfg):
 
 
 @pytest.mark.parametrize("source", ["online", "cache"])
-def test_sigmoid_trains_with_augmentation(small_char, char_teacher, built_cache, tmp_path,
-                                          source):
+def test_sigmoid_trains_with_augmentation(small_char, char_teacher, built_cache, tmp_path, source):
     cache_cfg, _ = built_cache
-    cfg = dataclasses.replace(cache_cfg, out_dir=str(tmp_path / "out"),
-                              log_dir=str(tmp_path / "logs"), augment_source=source,
-                              augment_positions="0.5", batch_size=4, max_iters=8,
-                              eval_interval=8)
+    cfg = dataclasses.replace(
+        cache_cfg,
+        out_dir=str(tmp_path / "out"),
+        log_dir=str(tmp_path / "logs"),
+        augment_source=source,
+        augment_positions="0.5",
+        batch_size=4,
+        max_iters=8,
+        eval_interval=8,
+    )
     metrics = train(cfg)
     assert np.isfinite(metrics["val/nll"])
     log = read_train_log(cfg)
@@ -409,9 +449,16 @@ def test_augment_needs_a_multi_hot_variant(small_char, char_teacher, tmp_path):
 
 
 def test_demo_shows_candidates_and_scores(char_teacher, hf_folder, capsys):
-    rows = run_demo(DemoConfig(teacher=char_teacher, text="ROMEO:\nMy [l]ord, and more",
-                               augment_k=6, augment_filter="prob", augment_min_prob=0.02,
-                               device="cpu"))
+    rows = run_demo(
+        DemoConfig(
+            teacher=char_teacher,
+            text="ROMEO:\nMy [l]ord, and more",
+            augment_k=6,
+            augment_filter="prob",
+            augment_min_prob=0.02,
+            device="cpu",
+        )
+    )
     assert len(rows) == 6 and rows[0]["prob"] >= rows[-1]["prob"]
     assert [r["kept"] for r in rows] == [r["prob"] >= 0.02 for r in rows]
     assert all(r["window_ppl"] > 1 for r in rows)

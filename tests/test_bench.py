@@ -1,16 +1,30 @@
 """bench.py end to end on a tiny trunk: variants, the augmenter rows and the filter check."""
+
 import bench
 
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2",
-        "--iters=1", "--warmup=1"]
+TINY = [
+    "--n_layer=1",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=16",
+    "--batch_size=2",
+    "--iters=1",
+    "--warmup=1",
+]
 
 
 def test_bench_reports_variants_and_the_augmenter_against_the_baseline(capsys):
-    results = bench.main([*TINY, "--variants=baseline,bayes", "--augmenter=True", "--augment_k=5",
-                          "--augment_window=8"])
+    results = bench.main(
+        [*TINY, "--variants=baseline,bayes", "--augmenter=True", "--augment_k=5", "--augment_window=8"]
+    )
     rows = {r["variant"]: r for r in results if "variant" in r}
-    assert list(rows) == ["baseline", "bayes", "sigmoid+aug online, every position",
-                          "sigmoid+aug online, one position", "sigmoid+aug cache"]
+    assert list(rows) == [
+        "baseline",
+        "bayes",
+        "sigmoid+aug online, every position",
+        "sigmoid+aug online, one position",
+        "sigmoid+aug cache",
+    ]
     for row in rows.values():
         assert row["ms_per_iter"] > 0 and row["tokens_per_s"] > 0 and row["peak_mem_mb"] > 0
     speed = results[-1]["perplexity_filter"]

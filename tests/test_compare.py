@@ -1,5 +1,6 @@
 """compare.py: a tiny comparison resumes after a kill, writes its report, reuses its runs; the table
 marks the right best values; the judge scores exactly the generated tokens; plotting."""
+
 import dataclasses
 import json
 import math
@@ -28,14 +29,27 @@ def tiny_compare(char_data, tmp_path, **overrides) -> CompareConfig:
     train_cfg = tiny_config(char_data, tmp_path, max_iters=20, eval_interval=10, log_interval=5)
     cfg = CompareConfig(**dataclasses.asdict(train_cfg))
     return dataclasses.replace(
-        cfg, name="tiny", variants="baseline,smooth,sigmoid", seeds="1,2", final_eval_iters=3,
-        prompts="ROMEO:|JULIET:", num_samples=2, sample_tokens=24,
-        augment=True, teacher="baseline", augment_k=4, augment_window=16, **overrides)
+        cfg,
+        name="tiny",
+        variants="baseline,smooth,sigmoid",
+        seeds="1,2",
+        final_eval_iters=3,
+        prompts="ROMEO:|JULIET:",
+        num_samples=2,
+        sample_tokens=24,
+        augment=True,
+        teacher="baseline",
+        augment_k=4,
+        augment_window=16,
+        **overrides,
+    )
 
 
 def checkpoint_times(cfg: CompareConfig) -> dict[str, int]:
-    return {run: os.stat(os.path.join(cfg.out_dir, run, "ckpt.pt")).st_mtime_ns
-            for run in sorted(os.listdir(cfg.out_dir))}
+    return {
+        run: os.stat(os.path.join(cfg.out_dir, run, "ckpt.pt")).st_mtime_ns
+        for run in sorted(os.listdir(cfg.out_dir))
+    }
 
 
 def test_compare_resumes_reports_then_reuses(char_data, tmp_path, monkeypatch):
@@ -57,8 +71,11 @@ def test_compare_resumes_reports_then_reuses(char_data, tmp_path, monkeypatch):
 
     # run again: finished runs are reused, the killed one resumes, the rest train
     first = compare.compare(cfg, command="python compare.py --tiny")
-    assert first["statuses"] == {**{run: "reused" for run in runs[:4]},
-                                 "smooth-seed2": "resumed", "sigmoid-seed2": "trained"}
+    assert first["statuses"] == {
+        **{run: "reused" for run in runs[:4]},
+        "smooth-seed2": "resumed",
+        "sigmoid-seed2": "trained",
+    }
     assert sorted(os.listdir(cfg.out_dir)) == sorted(runs)
     resumed_log = read_metrics(os.path.join(report_dir, "smooth-seed2", "metrics.jsonl"))
     assert [e["iter"] for e in resumed_log["eval"]] == [0, 10, 20]
@@ -83,14 +100,28 @@ def test_compare_resumes_reports_then_reuses(char_data, tmp_path, monkeypatch):
     assert set(results["runs"]) == {"baseline", "smooth", "sigmoid"}
     run = results["runs"]["sigmoid"]["2"]
     metrics = run["metrics"]
-    for key in ("nll", "ppl", "bpb", "acc", "ece", "brier", "bce", "set_size", "distinct_1",
-                "distinct_4", "self_bleu", "sample_ppl", "ms_per_iter"):
+    for key in (
+        "nll",
+        "ppl",
+        "bpb",
+        "acc",
+        "ece",
+        "brier",
+        "bce",
+        "set_size",
+        "distinct_1",
+        "distinct_4",
+        "self_bleu",
+        "sample_ppl",
+        "ms_per_iter",
+    ):
         assert metrics[key] is not None and math.isfinite(metrics[key]), key
     assert metrics["ppl"] == pytest.approx(math.exp(metrics["nll"]))
     assert sum(run["reliability"]["count"]) == metrics["tokens"]
     # every run is measured on the same held-out windows
-    assert {r["metrics"]["tokens"] for seeds in results["runs"].values()
-            for r in seeds.values()} == {metrics["tokens"]}
+    assert {r["metrics"]["tokens"] for seeds in results["runs"].values() for r in seeds.values()} == {
+        metrics["tokens"]
+    }
     summary = results["summary"]["baseline"]["nll"]
     seed_nlls = [results["runs"]["baseline"][s]["metrics"]["nll"] for s in ("1", "2")]
     assert summary["mean"] == pytest.approx(sum(seed_nlls) / 2) and summary["n"] == 2
@@ -129,8 +160,11 @@ def summary_of(**columns):
 
 
 def test_best_values_respect_each_columns_direction():
-    columns = [Column("nll", "NLL", "lower", ""), Column("acc", "acc", "higher", ""),
-               Column("mutual_information", "MI", "", "")]
+    columns = [
+        Column("nll", "NLL", "lower", ""),
+        Column("acc", "acc", "higher", ""),
+        Column("mutual_information", "MI", "", ""),
+    ]
     summary = summary_of(
         nll={"baseline": (2.5, 0.1), "smooth": (2.25, 0.05), "bayes": (2.75, 0.2)},
         acc={"baseline": (0.4, 0.01), "smooth": (0.3, 0.02), "bayes": (0.4, 0.03)},
@@ -140,8 +174,10 @@ def test_best_values_respect_each_columns_direction():
     columns.append(Column("distinct_1", "dist-1", "higher", ""))
     # ties all win, unless every variant ties: then no cell is marked
     assert best_variants(summary, columns) == {"nll": {"smooth"}, "acc": {"baseline", "bayes"}}
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in format_table(summary, columns).splitlines()[2:]}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in format_table(summary, columns).splitlines()[2:]
+    }
     assert rows["smooth"] == ["**2.25 ± 0.05**", "0.3 ± 0.02", "–", "1 ± 0"]
     assert rows["baseline"] == ["2.5 ± 0.1", "**0.4 ± 0.01**", "–", "1 ± 0"]
     assert rows["bayes"] == ["2.75 ± 0.2", "**0.4 ± 0.03**", "0.5 ± 0.01", "1 ± 0"]  # MI: no best
@@ -157,7 +193,7 @@ def test_judge_scores_each_generated_token_from_its_context():
     def reference(sequence, first):  # one forward per token, over the block before it
         total = 0.0
         for j in range(first, len(sequence)):
-            context = torch.tensor([sequence[max(0, j - 8): j]])
+            context = torch.tensor([sequence[max(0, j - 8) : j]])
             log_probs = judge.variant.log_probs(judge.hidden_states(context))[0, -1]
             total -= log_probs[sequence[j]].item()
         return total
@@ -175,11 +211,13 @@ def test_judge_scores_each_generated_token_from_its_context():
 
 def test_read_metrics_keeps_the_last_record_of_an_iteration(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"iter": 0, "kind": "eval", "val/nll": 4.0}\n'
-                    '{"iter": 10, "kind": "train", "loss": 3.0}\n'
-                    '{"iter": 10, "kind": "tr\n'  # killed mid-write, then resumed
-                    '{"iter": 10, "kind": "train", "loss": 2.5}\n'
-                    '{"iter": 5, "kind": "train", "loss": 3.5}\n')
+    path.write_text(
+        '{"iter": 0, "kind": "eval", "val/nll": 4.0}\n'
+        '{"iter": 10, "kind": "train", "loss": 3.0}\n'
+        '{"iter": 10, "kind": "tr\n'  # killed mid-write, then resumed
+        '{"iter": 10, "kind": "train", "loss": 2.5}\n'
+        '{"iter": 5, "kind": "train", "loss": 3.5}\n'
+    )
     records = read_metrics(str(path))
     assert [(r["iter"], r["loss"]) for r in records["train"]] == [(5, 3.5), (10, 2.5)]
     assert [r["iter"] for r in records["eval"]] == [0]
@@ -192,11 +230,14 @@ def test_config_files_load(config):
     assert cfg.max_iters > 0 and cfg.num_samples >= 2 and len(cfg.prompts.split("|")) >= 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--variants=baseline,nope"], "unknown variant 'nope'"),
-    (["--seeds=1,x"], "seeds must be comma-separated integers"),
-    (["--n_layers=2"], "did you mean n_layer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--variants=baseline,nope"], "unknown variant 'nope'"),
+        (["--seeds=1,x"], "seeds must be comma-separated integers"),
+        (["--n_layers=2"], "did you mean n_layer"),
+    ],
+)
 def test_cli_errors_are_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--device=cpu", "--data_dir=/no/such/dir", *args])
@@ -212,7 +253,8 @@ def test_missing_data_is_prepared_by_its_script(char_data, tmp_path, monkeypatch
         "import os, shutil\n"
         "def prepare():\n"
         "    for name in ('train.bin', 'val.bin', 'meta.pkl'):\n"
-        f"        shutil.copy(os.path.join({char_data!r}, name), {str(folder)!r})\n")
+        f"        shutil.copy(os.path.join({char_data!r}, name), {str(folder)!r})\n"
+    )
     monkeypatch.setattr(compare, "resolve_data_dir", lambda dataset, data_dir="": str(folder))
     assert compare.ensure_data(CompareConfig(dataset="plays")) == str(folder)
     assert {"train.bin", "val.bin", "meta.pkl"} <= set(os.listdir(folder))

@@ -1,4 +1,5 @@
 """The configurator: config files, --key=value overrides, type checks, clear errors."""
+
 import pytest
 
 from nanoGPT.config import TrainConfig, apply_config
@@ -8,8 +9,10 @@ from nanoGPT.errors import UserError
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "cfg.py"
     path.write_text("import math\nn_layer = 3\nlearning_rate = 1e-3\n_private = 5\n")
-    cfg = apply_config(TrainConfig(), [str(path), "--n_layer=5", "--dropout=0.1",
-                                       "--compile=True", "--sample_prompt=The boy went"])
+    cfg = apply_config(
+        TrainConfig(),
+        [str(path), "--n_layer=5", "--dropout=0.1", "--compile=True", "--sample_prompt=The boy went"],
+    )
     assert (cfg.n_layer, cfg.learning_rate, cfg.dropout, cfg.compile) == (5, 1e-3, 0.1, True)
     assert cfg.sample_prompt == "The boy went"
 
@@ -30,8 +33,9 @@ def test_unknown_key_in_a_file(tmp_path):
         apply_config(TrainConfig(), [str(path)])
 
 
-@pytest.mark.parametrize("arg", ["--n_layer=four", "--n_layer=2.5", "--compile=maybe",
-                                 "--learning_rate=fast"])
+@pytest.mark.parametrize(
+    "arg", ["--n_layer=four", "--n_layer=2.5", "--compile=maybe", "--learning_rate=fast"]
+)
 def test_wrong_type_is_an_error(arg):
     with pytest.raises(UserError, match="must be"):
         apply_config(TrainConfig(), [arg])

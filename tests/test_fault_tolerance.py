@@ -1,5 +1,6 @@
 """Fault tolerance and safe inputs: kill-anywhere resume, skipped NaN steps, checkpoints that
 cannot run code, damaged checkpoints skipped, bad data refused before training, no secrets."""
+
 import dataclasses
 import json
 import os
@@ -33,8 +34,11 @@ from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # fake secrets, built at run time so that this file itself holds none
-SECRETS = {"WANDB_API_KEY": "0123456789abcdef" * 2 + "deadbeef",
-           "HF_TOKEN": "hf_" + "Qz7" * 12, "OPENAI_API_KEY": "sk-" + "Xy9" * 12}
+SECRETS = {
+    "WANDB_API_KEY": "0123456789abcdef" * 2 + "deadbeef",
+    "HF_TOKEN": "hf_" + "Qz7" * 12,
+    "OPENAI_API_KEY": "sk-" + "Xy9" * 12,
+}
 
 
 def read_records(log_dir, run_name, kind):
@@ -50,8 +54,15 @@ def same_weights(a, b):
 def finished_run(char_data, tmp_path_factory):
     """A short run with interval checkpoints, trained with secrets in the environment."""
     tmp = tmp_path_factory.mktemp("finished")
-    cfg = tiny_config(char_data, tmp, max_iters=10, eval_interval=5, checkpoint_interval=2,
-                      keep_checkpoints=2, init_from="auto")
+    cfg = tiny_config(
+        char_data,
+        tmp,
+        max_iters=10,
+        eval_interval=5,
+        checkpoint_interval=2,
+        keep_checkpoints=2,
+        init_from="auto",
+    )
     with pytest.MonkeyPatch.context() as mp:
         for name, value in SECRETS.items():
             mp.setenv(name, value)
@@ -69,6 +80,7 @@ def copy_run(cfg, tmp_path, **overrides):
 
 # --- checkpoints on disk ------------------------------------------------------------------
 
+
 def test_checkpoints_are_numbered_checksummed_and_rotated(finished_run):
     out_dir = finished_run.out_dir
     numbered = [it for it, _ in list_checkpoints(out_dir)]
@@ -84,8 +96,7 @@ def test_checkpoints_are_numbered_checksummed_and_rotated(finished_run):
     assert not [n for n in os.listdir(out_dir) if n.startswith(".tmp")]
 
 
-def test_damaged_and_hostile_checkpoints_are_skipped_never_used_nor_deleted(
-        finished_run, tmp_path, capfd):
+def test_damaged_and_hostile_checkpoints_are_skipped_never_used_nor_deleted(finished_run, tmp_path, capfd):
     cfg = copy_run(finished_run, tmp_path, max_iters=12)
     newest = os.path.join(cfg.out_dir, "ckpt-000010.pt")
     with open(newest, "r+b") as f:  # one flipped byte
@@ -150,18 +161,25 @@ def test_sample_refuses_a_crafted_checkpoint_in_one_line(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     torch.save({"format": FORMAT, "x": _RunsCode(str(marker))}, str(out_dir / "ckpt.pt"))
-    proc = subprocess.run([sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not a readable checkpoint" in proc.stderr
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not a readable checkpoint"),
-    (b"just some text\n", "not a readable checkpoint"),
-    (None, "not a checkpoint of this framework"),  # a torch file that is not ours
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable checkpoint"),
+        (b"just some text\n", "not a readable checkpoint"),
+        (None, "not a checkpoint of this framework"),  # a torch file that is not ours
+    ],
+)
 def test_foreign_files_are_a_clear_error(tmp_path, content, message):
     path = str(tmp_path / "x.pt")
     if content is None:
@@ -184,16 +202,38 @@ def test_fresh_run_moves_an_earlier_runs_checkpoints_aside(tmp_path):
 
 # --- kill anywhere ------------------------------------------------------------------------
 
-RUN_ARGS = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
-            "--batch_size=8", "--max_iters=30", "--eval_interval=15", "--eval_iters=2",
-            "--log_interval=1", "--learning_rate=3e-3", "--warmup_iters=5", "--min_lr=3e-4",
-            "--dropout=0.1", "--checkpoint_interval=5", "--keep_checkpoints=2",
-            "--init_from=auto", "--debug_save_pause_s=0.04", "--run_name=run"]
+RUN_ARGS = [
+    "--device=cpu",
+    "--n_layer=2",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=32",
+    "--batch_size=8",
+    "--max_iters=30",
+    "--eval_interval=15",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--learning_rate=3e-3",
+    "--warmup_iters=5",
+    "--min_lr=3e-4",
+    "--dropout=0.1",
+    "--checkpoint_interval=5",
+    "--keep_checkpoints=2",
+    "--init_from=auto",
+    "--debug_save_pause_s=0.04",
+    "--run_name=run",
+]
 
 
 def run_command(data_dir, root):
-    return [sys.executable, "train_baseline.py", *RUN_ARGS, f"--data_dir={data_dir}",
-            f"--out_dir={root}/out", f"--log_dir={root}/logs"]
+    return [
+        sys.executable,
+        "train_baseline.py",
+        *RUN_ARGS,
+        f"--data_dir={data_dir}",
+        f"--out_dir={root}/out",
+        f"--log_dir={root}/logs",
+    ]
 
 
 def newest_iter(out_dir):
@@ -207,8 +247,7 @@ def mid_save(out_dir, moment):
     names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
     if moment == "temp file":
         return any(n.startswith(".tmp-") for n in names)
-    return any(n.endswith(CHECKSUM_SUFFIX) and n[:-len(CHECKSUM_SUFFIX)] not in names
-               for n in names)
+    return any(n.endswith(CHECKSUM_SUFFIX) and n[: -len(CHECKSUM_SUFFIX)] not in names for n in names)
 
 
 def assert_all_checkpoints_readable(out_dir):
@@ -235,14 +274,14 @@ def test_sigkilled_anywhere_and_rerun_equals_an_uninterrupted_run(char_data, tmp
     kills = 0
     for moment in ["temp file", "checksum first", "random"]:
         start_iter = newest_iter(out_dir)
-        proc = subprocess.Popen(run_command(char_data, root), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            run_command(char_data, root), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.time() + 60
         delay = rng.uniform(0.0, 0.3)
         # let each run make some progress first, so the kills land all along the run
         while proc.poll() is None and time.time() < deadline:
-            if newest_iter(out_dir) > start_iter and (
-                    moment == "random" or mid_save(out_dir, moment)):
+            if newest_iter(out_dir) > start_iter and (moment == "random" or mid_save(out_dir, moment)):
                 if moment == "random":
                     time.sleep(delay)
                 proc.kill()  # SIGKILL: no handler, no cleanup
@@ -255,8 +294,9 @@ def test_sigkilled_anywhere_and_rerun_equals_an_uninterrupted_run(char_data, tmp
         assert proc.returncode in (0, -9), stderr
         assert_all_checkpoints_readable(out_dir)
     assert kills == 3
-    subprocess.run(run_command(char_data, root), cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        run_command(char_data, root), cwd=REPO, env=env, check=True, capture_output=True, timeout=120
+    )
 
     straight = load_checkpoint(checkpoint_path(str(tmp_path / "straight" / "out")))
     resumed = load_checkpoint(checkpoint_path(out_dir))
@@ -272,9 +312,17 @@ def test_sigkilled_anywhere_and_rerun_equals_an_uninterrupted_run(char_data, tmp
 
 # --- numerical faults ---------------------------------------------------------------------
 
+
 def test_nan_step_is_skipped_counted_and_the_run_goes_on(char_data, tmp_path):
-    cfg = tiny_config(char_data, tmp_path, max_iters=10, eval_interval=100, debug_nan_at_iter=6,
-                      checkpoint_interval=1, keep_checkpoints=20)
+    cfg = tiny_config(
+        char_data,
+        tmp_path,
+        max_iters=10,
+        eval_interval=100,
+        debug_nan_at_iter=6,
+        checkpoint_interval=1,
+        keep_checkpoints=20,
+    )
     metrics = train(cfg)
     assert np.isfinite(metrics["val/nll"])
     records = read_records(cfg.log_dir, cfg.run_name, "train")
@@ -292,8 +340,16 @@ def test_nan_step_is_skipped_counted_and_the_run_goes_on(char_data, tmp_path):
 
 
 def test_too_many_bad_steps_stop_with_a_checkpoint_of_the_last_good_state(char_data, tmp_path):
-    cfg = tiny_config(char_data, tmp_path, max_iters=30, eval_interval=100, debug_nan_at_iter=4,
-                      debug_nan_steps=100, max_bad_steps=2, checkpoint_interval=4)
+    cfg = tiny_config(
+        char_data,
+        tmp_path,
+        max_iters=30,
+        eval_interval=100,
+        debug_nan_at_iter=4,
+        debug_nan_steps=100,
+        max_bad_steps=2,
+        checkpoint_interval=4,
+    )
     with pytest.raises(UserError, match=r"3 updates in a row .*max_bad_steps=2.*ckpt-000007\.pt"):
         train(cfg)
     stopped = load_checkpoint(os.path.join(cfg.out_dir, "ckpt-000007.pt"))
@@ -307,21 +363,29 @@ def test_too_many_bad_steps_stop_with_a_checkpoint_of_the_last_good_state(char_d
 
 # --- bad data, refused before training ----------------------------------------------------
 
+
 def data_copy(char_data, tmp_path):
     folder = tmp_path / "data"
     shutil.copytree(char_data, folder)
     return folder
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: open(d / "val.bin", "ab").write(b"\x01"), "odd number of bytes"),
-    (lambda d: np.full(5000, 200, np.uint16).tofile(d / "train.bin"), "holds token id 200"),
-    (lambda d: np.fromfile(d / "train.bin", np.uint16)[:5000].astype(np.uint32)
-        .tofile(d / "train.bin"), "32- or 64-bit token ids"),
-    (lambda d: np.zeros(10, np.uint16).tofile(d / "train.bin"), "not more than block_size"),
-    (lambda d: open(d / "train.bin", "wb").close(), "not more than block_size"),
-    (lambda d: open(d / "meta.pkl", "wb").write(b"\x80\x04garbage"), "not a valid meta.pkl"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: open(d / "val.bin", "ab").write(b"\x01"), "odd number of bytes"),
+        (lambda d: np.full(5000, 200, np.uint16).tofile(d / "train.bin"), "holds token id 200"),
+        (
+            lambda d: (
+                np.fromfile(d / "train.bin", np.uint16)[:5000].astype(np.uint32).tofile(d / "train.bin")
+            ),
+            "32- or 64-bit token ids",
+        ),
+        (lambda d: np.zeros(10, np.uint16).tofile(d / "train.bin"), "not more than block_size"),
+        (lambda d: open(d / "train.bin", "wb").close(), "not more than block_size"),
+        (lambda d: open(d / "meta.pkl", "wb").write(b"\x80\x04garbage"), "not a valid meta.pkl"),
+    ],
+)
 def test_bad_data_is_one_clear_error_before_training(char_data, tmp_path, damage, message):
     folder = data_copy(char_data, tmp_path)
     damage(folder)
@@ -336,8 +400,14 @@ def test_meta_that_does_not_match_the_checkpoint_is_refused(finished_run, char_d
     meta = load_meta(str(folder / "meta.pkl"))
     chars = [meta["itos"][i] for i in range(meta["vocab_size"])]
     chars[1], chars[2] = chars[2], chars[1]  # same size, two ids swapped
-    write_meta(str(folder / "meta.pkl"), {"vocab_size": len(chars), "itos": dict(enumerate(chars)),
-                                          "stoi": {c: i for i, c in enumerate(chars)}})
+    write_meta(
+        str(folder / "meta.pkl"),
+        {
+            "vocab_size": len(chars),
+            "itos": dict(enumerate(chars)),
+            "stoi": {c: i for i, c in enumerate(chars)},
+        },
+    )
     cfg = copy_run(finished_run, tmp_path, data_dir=str(folder), max_iters=12)
     with pytest.raises(UserError, match="not the one the checkpoint was trained on"):
         train(cfg)
@@ -354,8 +424,9 @@ SECRET_PATTERNS = [
     re.compile(r"\bhf_[A-Za-z0-9]{30,}"),
     re.compile(r"\bsk-[A-Za-z0-9]{32,}"),
     re.compile(r"wandb\.login\([^)]*key\s*="),
-    re.compile(r"(api_key|apikey|token|secret|password)\s*[=:]\s*['\"][A-Za-z0-9_\-]{24,}['\"]",
-               re.IGNORECASE),
+    re.compile(
+        r"(api_key|apikey|token|secret|password)\s*[=:]\s*['\"][A-Za-z0-9_\-]{24,}['\"]", re.IGNORECASE
+    ),
 ]
 
 
@@ -363,8 +434,11 @@ def test_no_secrets_in_code_configs_checkpoints_or_logs(finished_run):
     sources = []
     for root, dirs, names in os.walk(REPO):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "out")]
-        sources += [os.path.join(root, n) for n in names
-                    if n.endswith((".py", ".md", ".toml", ".txt", ".cfg", ".yaml", ".json"))]
+        sources += [
+            os.path.join(root, n)
+            for n in names
+            if n.endswith((".py", ".md", ".toml", ".txt", ".cfg", ".yaml", ".json"))
+        ]
     assert len(sources) > 20
     for path in sources:
         if os.path.getsize(path) > 5_000_000:

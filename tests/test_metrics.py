@@ -178,8 +178,7 @@ def test_all_reduce_guards_outside_distributed():
 
 
 def _reduce_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     acc = MetricAccumulator()
     acc.update(**random_batch(20 + 7 * rank, 9, seed=10 + rank))
     acc.all_reduce()

@@ -1,4 +1,5 @@
 """The GPT trunk: causality, the baseline loss, GPT-2 import, the KV cache."""
+
 import dataclasses
 
 import pytest
@@ -19,11 +20,11 @@ def test_causality_changing_future_tokens_leaves_past_outputs_unchanged():
     idx = torch.randint(TINY.vocab_size, (2, TINY.block_size))
     for t in (0, 5, TINY.block_size - 2):
         changed = idx.clone()
-        changed[:, t + 1:] = torch.randint(TINY.vocab_size, changed[:, t + 1:].shape)
+        changed[:, t + 1 :] = torch.randint(TINY.vocab_size, changed[:, t + 1 :].shape)
         with torch.no_grad():
             a, b = model(idx), model(changed)
         assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
-        assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+        assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
 def test_baseline_loss_equals_cross_entropy_on_the_same_logits():
@@ -47,7 +48,7 @@ def test_kv_cache_generation_equals_full_recomputation():
     out = generate(model, prompt, max_new_tokens=20, greedy=True)
     idx = prompt
     for _ in range(20):
-        hidden = model.hidden_states(idx[:, -TINY.block_size:])
+        hidden = model.hidden_states(idx[:, -TINY.block_size :])
         next_ids = model.variant.log_probs(hidden[:, -1]).argmax(-1, keepdim=True)
         idx = torch.cat([idx, next_ids], dim=1)
     assert torch.equal(out, idx)

@@ -1,4 +1,5 @@
 """Data preparation: .bin/meta.pkl writing, the Shakespeare corpus, and each prepare script."""
+
 import importlib.util
 import json
 import os
@@ -176,8 +177,9 @@ def test_text_prepare_char_and_gpt2(tmp_path, shakespeare):
     text_prepare = load_script("text").prepare
     for tokenizer in ("char", "gpt2"):
         out = tmp_path / tokenizer
-        counts = text_prepare(input=f"{first},{second}", tokenizer=tokenizer,
-                              val_fraction=0.2, out_dir=str(out))
+        counts = text_prepare(
+            input=f"{first},{second}", tokenizer=tokenizer, val_fraction=0.2, out_dir=str(out)
+        )
         assert decoded(out, "train") + decoded(out, "val") == whole
         assert (out / "meta.pkl").exists() == (tokenizer == "char")
         assert decoded(out, "val").endswith("Café — done.\n")
@@ -203,7 +205,7 @@ def test_text_prepare_rejects_bad_input(tmp_path):
 def wikitext_rows(text: str, lines: int, start: int = 0) -> list[str]:
     """WikiText-shaped rows: each a line ending in '\\n', with empty rows between."""
     rows = [""]
-    for line in text.splitlines()[start:start + lines]:
+    for line in text.splitlines()[start : start + lines]:
         rows += [f" {line}\n", ""] if line else []
     return rows
 
@@ -213,15 +215,18 @@ def wikitext_files(tmp_path, shakespeare):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    splits = {"train": wikitext_rows(shakespeare, 600),
-              "validation": wikitext_rows(shakespeare, 60, start=600),
-              "test": wikitext_rows(shakespeare, 60, start=660) + [" = Café — 日本 = \n"]}
+    splits = {
+        "train": wikitext_rows(shakespeare, 600),
+        "validation": wikitext_rows(shakespeare, 60, start=600),
+        "test": wikitext_rows(shakespeare, 60, start=660) + [" = Café — 日本 = \n"],
+    }
     paths = {}
     for split, rows in splits.items():
         pq.write_table(pa.table({"text": rows}), tmp_path / f"{split}.parquet")
         (tmp_path / f"{split}.txt").write_text("".join(rows), encoding="utf-8")
         (tmp_path / f"{split}.jsonl").write_text(
-            "".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8")
+            "".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8"
+        )
         paths[split] = {ext: tmp_path / f"{split}.{ext}" for ext in ("parquet", "txt", "jsonl")}
     return {split: "".join(rows) for split, rows in splits.items()}, paths
 
@@ -233,8 +238,9 @@ def test_wikitext_prepare_from_local_files(tmp_path, wikitext_files, ext, monkey
     # one row per worker so the parallel map really runs in 2 processes
     monkeypatch.setattr(prep, "_ROWS_PER_WORKER", 1)
     out = tmp_path / "out"
-    counts = load_script("wikitext").prepare(out_dir=str(out), input=spec, num_proc=2,
-                                             cache_dir=str(tmp_path / "hf"))
+    counts = load_script("wikitext").prepare(
+        out_dir=str(out), input=spec, num_proc=2, cache_dir=str(tmp_path / "hf")
+    )
     assert sorted(os.listdir(out)) == ["test.bin", "train.bin", "val.bin"]
     for split, bin_name in (("train", "train"), ("validation", "val"), ("test", "test")):
         assert decoded(out, bin_name) == texts[split]
@@ -246,10 +252,14 @@ def test_wikitext_input_errors(tmp_path, wikitext_files):
     _, paths = wikitext_files
     wikitext = load_script("wikitext")
     with pytest.raises(UserError, match="no file for test"):
-        wikitext.prepare(input=f"train:{paths['train']['txt']},"
-                               f"validation:{paths['validation']['txt']}", out_dir=str(tmp_path))
-    mixed = (f"train:{paths['train']['txt']},validation:{paths['validation']['parquet']},"
-             f"test:{paths['test']['txt']}")
+        wikitext.prepare(
+            input=f"train:{paths['train']['txt']},validation:{paths['validation']['txt']}",
+            out_dir=str(tmp_path),
+        )
+    mixed = (
+        f"train:{paths['train']['txt']},validation:{paths['validation']['parquet']},"
+        f"test:{paths['test']['txt']}"
+    )
     with pytest.raises(UserError, match="not a mix"):
         wikitext.prepare(input=mixed, out_dir=str(tmp_path))
     with pytest.raises(UserError, match="SPLIT:FILE"):
@@ -260,6 +270,7 @@ def test_wikitext_input_errors(tmp_path, wikitext_files):
 
 def unreachable_hub(monkeypatch) -> None:
     """Make the hub check see no network (and no proxy that would skip it)."""
+
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
@@ -282,14 +293,23 @@ def test_hub_data_set_unreachable_fails_fast(name, tmp_path, monkeypatch):
 def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "data" / name / "prepare.py"), *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **env}, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        cwd=REPO,
     )
 
 
 def test_wikitext_offline_cli_prints_one_error_line(tmp_path):
     start = time.perf_counter()
-    result = run_script("wikitext", f"--out_dir={tmp_path}", "--config=wikitext-2-raw-v1",
-                        f"--cache_dir={tmp_path / 'hf'}", HF_DATASETS_OFFLINE="1")
+    result = run_script(
+        "wikitext",
+        f"--out_dir={tmp_path}",
+        "--config=wikitext-2-raw-v1",
+        f"--cache_dir={tmp_path / 'hf'}",
+        HF_DATASETS_OFFLINE="1",
+    )
     assert time.perf_counter() - start < 20  # not the ~24 s of hub retries
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -307,6 +327,5 @@ def test_text_cli_end_to_end(tmp_path):
     bad = run_script("text", f"--input={source}", "--tokeniser=char")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: unknown option --tokeniser; valid options: "
-        "--input, --tokenizer, --val_fraction, --out_dir"
+        "error: unknown option --tokeniser; valid options: --input, --tokenizer, --val_fraction, --out_dir"
     ]

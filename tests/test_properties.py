@@ -1,5 +1,6 @@
 """Property-based tests: the configurator, the tokenizers and the prepare scripts, fed random
 and odd inputs, give a correct result or a UserError, never another exception."""
+
 import dataclasses
 import importlib.util
 import os
@@ -19,14 +20,17 @@ from nanoGPT.tokenizer import GPT2_EOT, META_FILE, CharTokenizer, gpt2_tokenizer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
 KEYS = sorted(FIELD_TYPES)
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=12))
 python_values = st.one_of(
-    st.integers(-10**6, 10**6), st.floats(), st.booleans(), st.text(max_size=12), st.none(),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
-                                                         max_size=2),
+    st.integers(-(10**6), 10**6),
+    st.floats(),
+    st.booleans(),
+    st.text(max_size=12),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 
 
@@ -57,8 +61,10 @@ def test_configurator_raw_arguments(argv):
 
 
 @SETTINGS
-@given(st.lists(st.tuples(keys, python_values), max_size=6),
-       st.lists(st.tuples(st.sampled_from(KEYS), st.text(max_size=10)), max_size=2))
+@given(
+    st.lists(st.tuples(keys, python_values), max_size=6),
+    st.lists(st.tuples(st.sampled_from(KEYS), st.text(max_size=10)), max_size=2),
+)
 def test_configurator_config_files(assignments, overrides):
     lines = [f"{key} = {value!r}" if key.isidentifier() else f"{key!r}" for key, value in assignments]
     with tempfile.TemporaryDirectory() as folder:
@@ -95,11 +101,13 @@ def test_prepare_option_parsing(argv):
         options = parse_args(argv, defaults)
     except UserError:
         return
-    assert {key: type(value) for key, value in options.items()} == \
-        {key: type(value) for key, value in defaults.items()}
+    assert {key: type(value) for key, value in options.items()} == {
+        key: type(value) for key, value in defaults.items()
+    }
 
 
 # --- tokenizers ---------------------------------------------------------------------------
+
 
 @SETTINGS
 @given(st.text(min_size=1, max_size=200), st.text(max_size=50))
@@ -138,18 +146,19 @@ def test_gpt2_tokenizer_is_the_real_one():
 
 pickled_data = st.recursive(
     st.one_of(st.integers(-3, 70), st.text(max_size=2), st.none(), st.booleans()),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.integers(-1, 4), st.text(max_size=2)),
-                                            inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.integers(-1, 4), st.text(max_size=2)), inner, max_size=4),
+    ),
     max_leaves=12,
 )
-meta_like = st.fixed_dictionaries({"vocab_size": st.integers(-1, 4), "itos": pickled_data,
-                                   "stoi": pickled_data})
+meta_like = st.fixed_dictionaries(
+    {"vocab_size": st.integers(-1, 4), "itos": pickled_data, "stoi": pickled_data}
+)
 
 
 @SETTINGS
-@given(st.one_of(st.binary(max_size=100), pickled_data.map(pickle.dumps),
-                 meta_like.map(pickle.dumps)))
+@given(st.one_of(st.binary(max_size=100), pickled_data.map(pickle.dumps), meta_like.map(pickle.dumps)))
 @example(pickle.dumps({"vocab_size": 0, "itos": {0: None, "": None}, "stoi": []}))
 def test_any_meta_pkl_gives_a_tokenizer_or_a_user_error(content):
     with tempfile.TemporaryDirectory() as folder:
@@ -165,9 +174,11 @@ def test_any_meta_pkl_gives_a_tokenizer_or_a_user_error(content):
 
 # --- prepare scripts ----------------------------------------------------------------------
 
+
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"prepare_{name}",
-                                                  os.path.join(REPO, "data", name, "prepare.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"prepare_{name}", os.path.join(REPO, "data", name, "prepare.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -189,8 +200,9 @@ def assert_prepared_or_user_error(content: bytes, tokenizer: str, val_fraction: 
             f.write(content)
         out_dir = os.path.join(folder, "out")
         try:
-            counts = text_prepare.prepare(input=source, tokenizer=tokenizer,
-                                          val_fraction=val_fraction, out_dir=out_dir)
+            counts = text_prepare.prepare(
+                input=source, tokenizer=tokenizer, val_fraction=val_fraction, out_dir=out_dir
+            )
         except UserError as err:
             assert str(err) and "\n" not in str(err).strip()
             return
@@ -217,9 +229,14 @@ def test_text_prepare_on_a_huge_line():
     assert_prepared_or_user_error(("x" * 1_000_000 + "y").encode(), "char", 0.1)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "holds no text"), (b" \n\t\n", "holds no text"), (b"caf\xe9 au lait\n", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "holds no text"),
+        (b" \n\t\n", "holds no text"),
+        (b"caf\xe9 au lait\n", "not UTF-8"),
+    ],
+)
 def test_text_prepare_refuses_empty_whitespace_and_non_utf8_files(content, message):
     with tempfile.TemporaryDirectory() as folder:
         source = os.path.join(folder, "input.txt")

@@ -3,6 +3,7 @@
 The hub data sets cannot be reached here; their scripts run on small parquet and text files
 through the same `load_dataset` code, and their offline failure is checked to be one line.
 """
+
 import os
 import pickle
 import subprocess
@@ -76,16 +77,17 @@ def test_load_tokenizer_finds_the_model_through_meta_pkl(sp_tokenizer, tmp_path)
     assert loaded.kind == "sentencepiece" and loaded.vocab_size == 700
     assert loaded.encode(UNUSUAL) == sp_tokenizer.encode(UNUSUAL)
     meta = pickle.loads((data_dir / "meta.pkl").read_bytes())
-    for bad, message in (({**meta, "vocab_size": 512}, "prepare the data again"),
-                         ({**meta, "model_file": "../tokenizer.model"}, "name of a file"),
-                         ({**meta, "model_file": "gone.model"}, "missing")):
+    for bad, message in (
+        ({**meta, "vocab_size": 512}, "prepare the data again"),
+        ({**meta, "model_file": "../tokenizer.model"}, "name of a file"),
+        ({**meta, "model_file": "gone.model"}, "missing"),
+    ):
         (data_dir / "meta.pkl").write_bytes(pickle.dumps(bad))
         with pytest.raises(UserError, match=message):
             load_tokenizer(str(data_dir))
 
 
-def test_a_checkpoint_refuses_another_sentencepiece_model_of_the_same_size(sp_tokenizer, plays,
-                                                                            tmp_path):
+def test_a_checkpoint_refuses_another_sentencepiece_model_of_the_same_size(sp_tokenizer, plays, tmp_path):
     from nanoGPT.checkpoint import check_tokenizer, tokenizer_record
 
     other = SentencePieceTokenizer.train([plays["train"][150_000:]], str(tmp_path), vocab_size=700)
@@ -99,8 +101,7 @@ def test_a_checkpoint_refuses_another_sentencepiece_model_of_the_same_size(sp_to
 
 def test_too_large_a_vocabulary_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="SentencePiece training failed"):
-        SentencePieceTokenizer.train(["a tiny text\n"], str(tmp_path), vocab_size=5000,
-                                     model_type="unigram")
+        SentencePieceTokenizer.train(["a tiny text\n"], str(tmp_path), vocab_size=5000, model_type="unigram")
 
 
 # --- TinyStories ---------------------------------------------------------------------------
@@ -119,8 +120,7 @@ def stories(plays, tmp_path_factory):
     files = {}
     for split, texts in rows.items():
         pq.write_table(pa.table({"text": texts}), folder / f"{split}.parquet")
-        (folder / f"{split}.txt").write_text("".join(f"{t}\n{GPT2_EOT}\n" for t in texts),
-                                             encoding="utf-8")
+        (folder / f"{split}.txt").write_text("".join(f"{t}\n{GPT2_EOT}\n" for t in texts), encoding="utf-8")
         files[split] = {ext: folder / f"{split}.{ext}" for ext in ("parquet", "txt")}
     return rows, files
 
@@ -134,12 +134,17 @@ def test_tinystories_prepare_from_parquet(stories, tokenizer, tmp_path):
     rows, files = stories
     out = tmp_path / "out"
     counts = load_script("tinystories").prepare(
-        out_dir=str(out), tokenizer=tokenizer, vocab_size=600, input=input_spec(files, "parquet"),
-        cache_dir=str(tmp_path / "hf"))
+        out_dir=str(out),
+        tokenizer=tokenizer,
+        vocab_size=600,
+        input=input_spec(files, "parquet"),
+        cache_dir=str(tmp_path / "hf"),
+    )
     tok = load_tokenizer(str(out))
     assert tok.kind == ("sentencepiece" if tokenizer == "sp" else "gpt2")
-    expected_files = {"train.bin", "val.bin"} | ({"meta.pkl", "tokenizer.model"}
-                                                   if tokenizer == "sp" else set())
+    expected_files = {"train.bin", "val.bin"} | (
+        {"meta.pkl", "tokenizer.model"} if tokenizer == "sp" else set()
+    )
     assert set(os.listdir(out)) == expected_files
     for split, bin_name in (("train", "train"), ("validation", "val")):
         ids = read_tokens(str(out / f"{bin_name}.bin"))
@@ -151,9 +156,13 @@ def test_tinystories_prepare_from_parquet(stories, tokenizer, tmp_path):
 def test_tinystories_prepare_from_raw_text_keeps_the_files_separators(stories, tmp_path):
     rows, files = stories
     out = tmp_path / "out"
-    load_script("tinystories").prepare(out_dir=str(out), tokenizer="sp", vocab_size=600,
-                                       input=input_spec(files, "txt"),
-                                       cache_dir=str(tmp_path / "hf"))
+    load_script("tinystories").prepare(
+        out_dir=str(out),
+        tokenizer="sp",
+        vocab_size=600,
+        input=input_spec(files, "txt"),
+        cache_dir=str(tmp_path / "hf"),
+    )
     tok = load_tokenizer(str(out))
     val = read_tokens(str(out / "val.bin"))
     assert tok.decode(val) == files["validation"]["txt"].read_text(encoding="utf-8")
@@ -163,14 +172,27 @@ def test_tinystories_prepare_from_raw_text_keeps_the_files_separators(stories, t
 def test_llama_trunk_trains_on_sentencepiece_stories(stories, tmp_path):
     _, files = stories
     data = tmp_path / "data"
-    load_script("tinystories").prepare(out_dir=str(data), tokenizer="sp", vocab_size=600,
-                                       input=input_spec(files, "parquet"),
-                                       cache_dir=str(tmp_path / "hf"))
+    load_script("tinystories").prepare(
+        out_dir=str(data),
+        tokenizer="sp",
+        vocab_size=600,
+        input=input_spec(files, "parquet"),
+        cache_dir=str(tmp_path / "hf"),
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small is faster on one thread
-    cfg = tiny_config(str(data), tmp_path, max_iters=60, eval_interval=60, eval_iters=2,
-                      norm="rmsnorm", mlp="swiglu", pos_emb="rope", bias=False,
-                      learning_rate=1e-2)
+    cfg = tiny_config(
+        str(data),
+        tmp_path,
+        max_iters=60,
+        eval_interval=60,
+        eval_iters=2,
+        norm="rmsnorm",
+        mlp="swiglu",
+        pos_emb="rope",
+        bias=False,
+        learning_rate=1e-2,
+    )
     try:
         metrics = train(cfg)
     finally:
@@ -182,8 +204,14 @@ def test_llama_trunk_trains_on_sentencepiece_stories(stories, tmp_path):
 
 @pytest.mark.parametrize("name, args", [("tinystories", ["--tokenizer=sp"]), ("math", [])])
 def test_offline_cli_prints_one_error_line(name, args, tmp_path):
-    result = run_script(name, f"--out_dir={tmp_path}", f"--cache_dir={tmp_path / 'hf'}", *args,
-                        HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    result = run_script(
+        name,
+        f"--out_dir={tmp_path}",
+        f"--cache_dir={tmp_path / 'hf'}",
+        *args,
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--input=" in lines[0]
@@ -200,10 +228,15 @@ def math_files(plays, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("math")
     lines = [line for line in plays["train"].splitlines() if line.strip()]
-    college = {"instruction": [f"Solve {i} + {i + 1} = ?" for i in range(40)],
-               "output": lines[:40], "extra": ["x"] * 40}
-    web = {"text": ["\n".join(lines[i:i + 5]) + " $x^2$" for i in range(100, 300, 5)],
-           "url": ["http://example.org"] * 40}
+    college = {
+        "instruction": [f"Solve {i} + {i + 1} = ?" for i in range(40)],
+        "output": lines[:40],
+        "extra": ["x"] * 40,
+    }
+    web = {
+        "text": ["\n".join(lines[i : i + 5]) + " $x^2$" for i in range(100, 300, 5)],
+        "url": ["http://example.org"] * 40,
+    }
     pq.write_table(pa.table(college), folder / "college.parquet")
     pq.write_table(pa.table(web), folder / "owm.parquet")
     pq.write_table(pa.table({"question": ["q"] * 3, "answer": ["a"] * 3}), folder / "other.parquet")
@@ -214,51 +247,74 @@ def test_math_prepare_streams_both_sources_with_val_first(math_files, tmp_path):
     folder, college, web = math_files
     out = tmp_path / "out"
     counts = load_script("math").prepare(
-        out_dir=str(out), input=f"college:{folder / 'college.parquet'},owm:{folder / 'owm.parquet'}",
-        val_docs=4, college_docs=30, owm_docs=0, cache_dir=str(tmp_path / "hf"))
+        out_dir=str(out),
+        input=f"college:{folder / 'college.parquet'},owm:{folder / 'owm.parquet'}",
+        val_docs=4,
+        college_docs=30,
+        owm_docs=0,
+        cache_dir=str(tmp_path / "hf"),
+    )
     tok = load_tokenizer(str(out))
     documents = [f"{q}\n\n{a}" for q, a in zip(college["instruction"], college["output"])]
     val = documents[:4] + web["text"][:4]
     train_docs = documents[4:34] + web["text"][4:]
     assert tok.decode(read_tokens(str(out / "val.bin"))) == "".join(d + GPT2_EOT for d in val)
-    assert tok.decode(read_tokens(str(out / "train.bin"))) == \
-        "".join(d + GPT2_EOT for d in train_docs)
+    assert tok.decode(read_tokens(str(out / "train.bin"))) == "".join(d + GPT2_EOT for d in train_docs)
     assert counts["val"] == len(read_tokens(str(out / "val.bin")))
 
 
 def test_math_prepare_with_sentencepiece_on_one_source(math_files, tmp_path):
     folder, _, web = math_files
     out = tmp_path / "out"
-    load_script("math").prepare(out_dir=str(out), sources="owm", tokenizer="sp", vocab_size=400,
-                                input=f"owm:{folder / 'owm.parquet'}", val_docs=2,
-                                cache_dir=str(tmp_path / "hf"))
+    load_script("math").prepare(
+        out_dir=str(out),
+        sources="owm",
+        tokenizer="sp",
+        vocab_size=400,
+        input=f"owm:{folder / 'owm.parquet'}",
+        val_docs=2,
+        cache_dir=str(tmp_path / "hf"),
+    )
     tok = load_tokenizer(str(out))
     assert tok.kind == "sentencepiece"
-    assert tok.decode(read_tokens(str(out / "val.bin"))) == \
-        "".join(d + GPT2_EOT for d in web["text"][:2])
+    assert tok.decode(read_tokens(str(out / "val.bin"))) == "".join(d + GPT2_EOT for d in web["text"][:2])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sources="college,arxiv"), "--sources must name some of college, owm"),
-    (dict(sources="college", input="college:{folder}/other.parquet"), "instruction and output"),
-    (dict(sources="owm", input="owm:{folder}/college.parquet"), "no 'text' column"),
-    (dict(sources="owm", input="owm:{folder}/owm.parquet", tokenizer="bpe"), "--tokenizer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sources="college,arxiv"), "--sources must name some of college, owm"),
+        (dict(sources="college", input="college:{folder}/other.parquet"), "instruction and output"),
+        (dict(sources="owm", input="owm:{folder}/college.parquet"), "no 'text' column"),
+        (dict(sources="owm", input="owm:{folder}/owm.parquet", tokenizer="bpe"), "--tokenizer"),
+    ],
+)
 def test_math_prepare_errors(math_files, tmp_path, kwargs, message):
     folder, _, _ = math_files
     kwargs = {k: v.format(folder=folder) for k, v in kwargs.items()}
     with pytest.raises(UserError, match=message):
-        load_script("math").prepare(out_dir=str(tmp_path / "out"), val_docs=1,
-                                    cache_dir=str(tmp_path / "hf"), **kwargs)
+        load_script("math").prepare(
+            out_dir=str(tmp_path / "out"), val_docs=1, cache_dir=str(tmp_path / "hf"), **kwargs
+        )
 
 
 def test_prepare_scripts_run_as_commands(stories, tmp_path):
     _, files = stories
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO / "data" / "tinystories" / "prepare.py"), f"--out_dir={out}",
-         f"--input={input_spec(files, 'parquet')}", "--tokenizer=sp", "--vocab_size=600",
-         f"--cache_dir={tmp_path / 'hf'}"],
-        capture_output=True, text=True, timeout=120, cwd=REPO)
+        [
+            sys.executable,
+            str(REPO / "data" / "tinystories" / "prepare.py"),
+            f"--out_dir={out}",
+            f"--input={input_spec(files, 'parquet')}",
+            "--tokenizer=sp",
+            "--vocab_size=600",
+            f"--cache_dir={tmp_path / 'hf'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     assert "tokenizer.model: 600 pieces" in result.stdout and "meta.pkl" in result.stdout

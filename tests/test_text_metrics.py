@@ -41,9 +41,7 @@ def test_brevity_penalty_and_clipping():
     # short vs long: full precision, penalty exp(1 - 4/2); long vs short: p1 = 2/4, p2 = 1/3
     assert bleu(short, [long], max_n=2) == pytest.approx(math.exp(-1))
     assert bleu(long, [short], max_n=2) == pytest.approx(math.sqrt(2 / 4 * 1 / 3))
-    assert self_bleu([short, long], max_n=2) == pytest.approx(
-        (math.exp(-1) + math.sqrt(1 / 6)) / 2
-    )
+    assert self_bleu([short, long], max_n=2) == pytest.approx((math.exp(-1) + math.sqrt(1 / 6)) / 2)
     # "the" appears 3 times but at most twice in any one reference: clipped to 2 of 3
     hyp = "the the the".split()
     refs = words("the cat the mat", "the end")

@@ -1,4 +1,5 @@
 """Tokenizers: GPT-2 BPE built offline, char vocabularies, meta.pkl loaded as data only."""
+
 import pickle
 
 import numpy as np
@@ -15,7 +16,7 @@ MULTIBYTE = "Café déjà vu — naïve façade, 日本語 and 🙂 emoji.\n"
 def shakespeare_slice() -> str:
     text = shakespeare_text()
     start = text.index("BERNARDO:\nWho's there?")
-    return text[start:start + 20_000]
+    return text[start : start + 20_000]
 
 
 def test_gpt2_matches_reference_ids():

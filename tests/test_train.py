@@ -1,4 +1,5 @@
 """The one training loop: learning, exact resume, atomic checkpoints, DDP, sampling, errors."""
+
 import dataclasses
 import json
 import os
@@ -38,9 +39,20 @@ def test_baseline_learns_saves_and_samples(char_data, tmp_path):
     model, ckpt = load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
     assert ckpt["iter_num"] == 60 and ckpt["variant"] == "baseline"
     out = subprocess.run(
-        [sys.executable, "sample.py", f"--out_dir={cfg.out_dir}", "--start=ROMEO:",
-         "--num_samples=2", "--max_new_tokens=40", "--device=cpu"],
-        cwd=REPO, capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "sample.py",
+            f"--out_dir={cfg.out_dir}",
+            "--start=ROMEO:",
+            "--num_samples=2",
+            "--max_new_tokens=40",
+            "--device=cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.count("ROMEO:") >= 2
 
 
@@ -87,8 +99,9 @@ def test_resume_as_another_variant_is_a_clear_error(char_data, tmp_path):
 
 
 def test_learning_rate_schedule():
-    cfg = tiny_config("", __import__("pathlib").Path("/tmp"), learning_rate=1.0, min_lr=0.1,
-                      warmup_iters=10, max_iters=110)
+    cfg = tiny_config(
+        "", __import__("pathlib").Path("/tmp"), learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110
+    )
     assert learning_rate(cfg, 0) < learning_rate(cfg, 5) < learning_rate(cfg, 10)
     assert learning_rate(cfg, 10) == pytest.approx(1.0, abs=1e-3)
     assert learning_rate(cfg, 60) == pytest.approx(0.55)
@@ -96,34 +109,70 @@ def test_learning_rate_schedule():
 
 
 def test_ddp_two_processes_stay_identical_and_learn(char_data, tmp_path):
-    cfg = tiny_config(char_data, tmp_path, max_iters=30, eval_interval=15,
-                      gradient_accumulation_steps=2)
-    args = [f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items()
-            if k in ("data_dir", "out_dir", "log_dir", "run_name", "device", "n_layer", "n_head",
-                     "n_embd", "block_size", "batch_size", "max_iters", "eval_interval",
-                     "eval_iters", "log_interval", "learning_rate", "warmup_iters", "min_lr",
-                     "gradient_accumulation_steps")]
+    cfg = tiny_config(char_data, tmp_path, max_iters=30, eval_interval=15, gradient_accumulation_steps=2)
+    args = [
+        f"--{k}={v}"
+        for k, v in dataclasses.asdict(cfg).items()
+        if k
+        in (
+            "data_dir",
+            "out_dir",
+            "log_dir",
+            "run_name",
+            "device",
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "block_size",
+            "batch_size",
+            "max_iters",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+            "learning_rate",
+            "warmup_iters",
+            "min_lr",
+            "gradient_accumulation_steps",
+        )
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node=2", "train_baseline.py", *args],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train_baseline.py",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     evals = read_log(cfg, "eval")
     assert [e["iter"] for e in evals] == [0, 15, 30]
     assert all(e["ddp/param_spread"] == 0.0 for e in evals)
     assert evals[-1]["val/nll"] < evals[0]["val/nll"] - 0.5
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data_dir=/no/such/dir"], "no training data"),
-    (["--n_layers=2"], "did you mean n_layer"),
-    (["--variant=sigmoid"], "train_sigmoid.py"),
-    (["--init_from=resume", "--out_dir=/no/such/out"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data_dir=/no/such/dir"], "no training data"),
+        (["--n_layers=2"], "did you mean n_layer"),
+        (["--variant=sigmoid"], "train_sigmoid.py"),
+        (["--init_from=resume", "--out_dir=/no/such/out"], "not found"),
+    ],
+)
 def test_cli_errors_are_one_line(args, message, char_data):
     if not any(a.startswith("--data_dir") for a in args):
         args = [*args, f"--data_dir={char_data}"]
-    proc = subprocess.run([sys.executable, "train_baseline.py", "--device=cpu", *args],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "train_baseline.py", "--device=cpu", *args], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
     assert "Traceback" not in proc.stderr

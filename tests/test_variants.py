@@ -1,5 +1,6 @@
 """The output-objective variants: each loss against a dense reference, the predictive
 distributions, the Bayesian KL and uncertainty, gradients, and the registry."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,14 @@ TEXT = "the quick brown fox jumps over the lazy dog. the dog sleeps; the fox run
 
 def config(variant: str, **overrides) -> ModelConfig:
     values = dict(
-        n_layer=1, n_head=2, n_embd=C, block_size=8, vocab_size=V, variant=variant,
-        kl_num_tokens=1000, bayes_samples=4,
+        n_layer=1,
+        n_head=2,
+        n_embd=C,
+        block_size=8,
+        vocab_size=V,
+        variant=variant,
+        kl_num_tokens=1000,
+        bayes_samples=4,
     )
     values.update(overrides)
     return ModelConfig(**values)
@@ -43,8 +50,8 @@ def text_batch(batch_size: int = 4, block_size: int = 8) -> tuple[torch.Tensor, 
     assert len(chars) <= V
     ids = torch.tensor([chars.index(c) for c in TEXT])
     starts = torch.arange(batch_size) * 7
-    x = torch.stack([ids[s:s + block_size] for s in starts])
-    y = torch.stack([ids[s + 1:s + 1 + block_size] for s in starts])
+    x = torch.stack([ids[s : s + block_size] for s in starts])
+    y = torch.stack([ids[s + 1 : s + 1 + block_size] for s in starts])
     return x, y
 
 
@@ -96,6 +103,7 @@ def randomise_posterior(head: VariationalLinear, seed: int = 1) -> None:
 
 # --- registry -------------------------------------------------------------------------------
 
+
 def test_registry_builds_every_variant_by_name():
     assert set(ALL) <= set(VARIANTS)
     for name in ALL:
@@ -109,6 +117,7 @@ def test_unknown_variant_is_a_user_error():
 
 
 # --- losses against dense references ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("eps", [0.05, 0.1])
 def test_smooth_loss_is_label_smoothed_cross_entropy(eps):
@@ -173,9 +182,9 @@ def test_sparse_bce_gradient_equals_dense_bce_gradient(pos_weight):
     sparse_grad, logits.grad = logits.grad, None
     weight = torch.full((V,), pos_weight, dtype=torch.float64)
     dense_target = dense_multi_hot(targets, extra).double()
-    F.binary_cross_entropy_with_logits(
-        logits, dense_target, pos_weight=weight, reduction="none"
-    ).sum(-1).mean().backward()
+    F.binary_cross_entropy_with_logits(logits, dense_target, pos_weight=weight, reduction="none").sum(
+        -1
+    ).mean().backward()
     torch.testing.assert_close(sparse_grad, logits.grad)
     # and against finite differences
     small = logits.detach()[:1, :2].clone().requires_grad_()
@@ -239,8 +248,9 @@ def test_bayes_loss_is_sampled_cross_entropy_plus_scaled_kl():
 
 
 def test_bayes_sigmoid_loss_is_sampled_bce_plus_scaled_kl():
-    model = tiny_gpt("bayes_sigmoid", kl_weight=2.0, kl_num_tokens=100, pos_weight=1.5,
-                     bayes_estimator="local")
+    model = tiny_gpt(
+        "bayes_sigmoid", kl_weight=2.0, kl_num_tokens=100, pos_weight=1.5, bayes_estimator="local"
+    )
     head = model.variant.lm_head
     randomise_posterior(head)
     x, y = text_batch()
@@ -283,10 +293,10 @@ def test_kl_is_the_closed_form_over_every_weight_and_bias():
     expected = 0.0
     for mu, rho in ((head.weight_mu, head.weight_rho), (head.bias_mu, head.bias_rho)):
         sigma = F.softplus(rho)
-        expected = expected + (
-            torch.log(prior_sigma / sigma)
-            + (sigma**2 + mu**2) / (2 * prior_sigma**2) - 0.5
-        ).sum()
+        expected = (
+            expected
+            + (torch.log(prior_sigma / sigma) + (sigma**2 + mu**2) / (2 * prior_sigma**2) - 0.5).sum()
+        )
     torch.testing.assert_close(head.kl(), expected)
     # the bias alone must move it: a KL that ignored it (or the weight) would not
     with torch.no_grad():
@@ -324,6 +334,7 @@ def test_tied_variants_share_the_embedding():
 
 # --- predictive distributions ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ALL)
 def test_log_probs_are_normalised(name):
     model = tiny_gpt(name)
@@ -346,7 +357,7 @@ def test_sigmoid_predictive_normalises_each_row_on_its_own():
     hidden = torch.randn(2, C) * torch.tensor([[0.1], [10.0]])
     with torch.no_grad():
         both = model.variant.log_probs(hidden)
-        rows = torch.cat([model.variant.log_probs(hidden[i:i + 1]) for i in range(2)])
+        rows = torch.cat([model.variant.log_probs(hidden[i : i + 1]) for i in range(2)])
         logits = model.variant.logits(hidden)
     torch.testing.assert_close(both, rows)
     sigma = torch.sigmoid(logits)
@@ -370,7 +381,7 @@ def test_bayes_sigmoid_predictive_rows_match_single_rows_when_deterministic():
         model.variant.lm_head.bias_rho.fill_(-30.0)
         hidden = torch.randn(2, C)
         both = model.variant.log_probs(hidden)
-        rows = torch.cat([model.variant.log_probs(hidden[i:i + 1]) for i in range(2)])
+        rows = torch.cat([model.variant.log_probs(hidden[i : i + 1]) for i in range(2)])
         mean_logits = model.variant.logits(hidden)
     torch.testing.assert_close(both, rows)
     torch.testing.assert_close(both, normalised_sigmoid_log_probs(mean_logits))
@@ -431,13 +442,14 @@ def test_sigmoid_evaluate_reports_sigmoid_stats_of_the_logits():
         logits = model.variant.logits(hidden)
     z_true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(stats["sigma_true"], torch.sigmoid(z_true))
-    one_hot_bce = F.binary_cross_entropy_with_logits(
-        logits, F.one_hot(y, V).float(), reduction="none"
-    ).sum(-1)
+    one_hot_bce = F.binary_cross_entropy_with_logits(logits, F.one_hot(y, V).float(), reduction="none").sum(
+        -1
+    )
     torch.testing.assert_close(stats["bce"], one_hot_bce)
 
 
 # --- training -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ALL)
 def test_gradients_reach_every_head_parameter(name):

@@ -17,6 +17,7 @@ through the same streaming `load_dataset` path: parquet with the same columns (a
 document), or text files (rows are lines, kept as they are; their own <|endoftext|> lines
 separate documents).
 """
+
 import os
 import sys
 from typing import Any
@@ -43,8 +44,10 @@ from nanoGPT.prepare import (
 def instruction_and_output(batch: dict[str, list[Any]]) -> list[str]:
     missing = [c for c in ("instruction", "output") if c not in batch]
     if missing:
-        raise UserError(f"Maths-College data needs instruction and output columns; "
-                        f"{', '.join(missing)} missing (columns: {', '.join(batch)})")
+        raise UserError(
+            f"Maths-College data needs instruction and output columns; "
+            f"{', '.join(missing)} missing (columns: {', '.join(batch)})"
+        )
     return [f"{q or ''}\n\n{a or ''}" for q, a in zip(batch["instruction"], batch["output"])]
 
 
@@ -78,16 +81,30 @@ def prepare(
         builder, data_files = parse_data_files(input, names)
         rows_are_documents = builder != "text"
         extra = {"keep_linebreaks": True} if builder == "text" else {}
-        streams = {name: load_hf_dataset(builder, data_files={"train": data_files[name]},
-                                         split="train", streaming=True, cache_dir=cache,
-                                         what_to_do="check the --input files", **extra)
-                   for name in names}
+        streams = {
+            name: load_hf_dataset(
+                builder,
+                data_files={"train": data_files[name]},
+                split="train",
+                streaming=True,
+                cache_dir=cache,
+                what_to_do="check the --input files",
+                **extra,
+            )
+            for name in names
+        }
     else:
         check_hub_reachable(f"connect to the internet or pass local files with {hint}")
-        streams = {name: load_hf_dataset(
-            HUB_DATASETS[name], split="train", streaming=True, cache_dir=cache,
-            what_to_do=f"connect to the internet (offline mode off) or pass local files "
-                       f"with {hint}") for name in names}
+        streams = {
+            name: load_hf_dataset(
+                HUB_DATASETS[name],
+                split="train",
+                streaming=True,
+                cache_dir=cache,
+                what_to_do=f"connect to the internet (offline mode off) or pass local files with {hint}",
+            )
+            for name in names
+        }
     train_limits = {"college": college_docs, "owm": owm_docs}
 
     def val_batches():
@@ -104,8 +121,7 @@ def prepare(
 
     tok = make_tokenizer(tokenizer, out_dir, training_documents, vocab_size, sp_model_type)
     counts = {
-        "train": write_documents(out_dir, "train", tok, train_batches(train_limits),
-                                       rows_are_documents),
+        "train": write_documents(out_dir, "train", tok, train_batches(train_limits), rows_are_documents),
         "val": write_documents(out_dir, "val", tok, val_batches(), rows_are_documents),
     }
     record_tokenizer(out_dir, tok)

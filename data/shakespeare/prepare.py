@@ -4,6 +4,7 @@ Writes train.bin and val.bin (uint16 GPT-2 ids; val = the last 10% of the text, 
 as shakespeare_char). No meta.pkl: by nanoGPT's convention that means GPT-2 BPE.
 Run from anywhere: python data/shakespeare/prepare.py
 """
+
 import os
 import sys
 

@@ -3,6 +3,7 @@
 Writes train.bin, val.bin (uint16 ids; val = the last 10% of the text) and meta.pkl (the
 character vocabulary). Run from anywhere: python data/shakespeare_char/prepare.py
 """
+
 import os
 import sys
 

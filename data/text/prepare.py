@@ -6,6 +6,7 @@
 The files are concatenated in the order given (a newline is added after a file that does not
 end in one); val is the last `val_fraction` of the text, cut at a line start.
 """
+
 import os
 import sys
 
@@ -27,8 +28,9 @@ def read_text_files(paths: list[str]) -> str:
         except FileNotFoundError:
             raise UserError(f"input file {path} not found") from None
         except UnicodeDecodeError as err:
-            raise UserError(f"{path} is not UTF-8 text (byte {err.start}: "
-                            f"{err.object[err.start:err.start + 1]!r})") from None
+            raise UserError(
+                f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start : err.start + 1]!r})"
+            ) from None
         except OSError as err:
             raise UserError(f"cannot read {path}: {err.strerror}") from None
         texts.append(text if text.endswith("\n") or not text else text + "\n")

@@ -13,6 +13,7 @@ train_baseline_tinystories_llama.py trains on). --input reads local files throug
 the raw TinyStories-train.txt (rows are lines, kept as they are; its own <|endoftext|> lines
 separate the stories).
 """
+
 import os
 import sys
 
@@ -54,15 +55,19 @@ def prepare(
         builder, data_files = parse_data_files(input, list(SPLITS))
         rows_are_stories = builder != "text"
         extra = {"keep_linebreaks": True} if builder == "text" else {}
-        dataset = load_hf_dataset(builder, data_files=data_files, cache_dir=cache,
-                                  what_to_do="check the --input files", **extra)
-    else:
-        check_hub_reachable(f"connect to the internet or pass local files with {LOCAL_HINT} "
-                            "(a copy already in the cache loads with HF_DATASETS_OFFLINE=1)")
         dataset = load_hf_dataset(
-            HUB_DATASET, cache_dir=cache,
-            what_to_do=f"connect to the internet (offline mode off) or pass local files with "
-                       f"{LOCAL_HINT}")
+            builder, data_files=data_files, cache_dir=cache, what_to_do="check the --input files", **extra
+        )
+    else:
+        check_hub_reachable(
+            f"connect to the internet or pass local files with {LOCAL_HINT} "
+            "(a copy already in the cache loads with HF_DATASETS_OFFLINE=1)"
+        )
+        dataset = load_hf_dataset(
+            HUB_DATASET,
+            cache_dir=cache,
+            what_to_do=f"connect to the internet (offline mode off) or pass local files with {LOCAL_HINT}",
+        )
     texts = column_texts("text")
 
     def training_stories():
@@ -71,8 +76,9 @@ def prepare(
 
     tok = make_tokenizer(tokenizer, out_dir, training_stories, vocab_size, sp_model_type)
     counts = {
-        bin_name: write_documents(out_dir, bin_name, tok,
-                                  text_batches(dataset[split], texts, max_docs), rows_are_stories)
+        bin_name: write_documents(
+            out_dir, bin_name, tok, text_batches(dataset[split], texts, max_docs), rows_are_stories
+        )
         for split, bin_name in SPLITS.items()
     }
     record_tokenizer(out_dir, tok)

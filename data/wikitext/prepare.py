@@ -11,6 +11,7 @@ the .bin files decode to the raw text itself and bits per byte is measured on ex
 --input reads local parquet files (with a "text" column) or text files through the same
 `load_dataset` path, for machines without network access.
 """
+
 import os
 import sys
 
@@ -44,17 +45,21 @@ def prepare(
         builder, data_files = parse_data_files(input, list(HF_SPLIT_BINS))
         # keep_linebreaks: text rows then end in "\n" like WikiText's own rows
         extra = {"keep_linebreaks": True} if builder == "text" else {}
-        dataset = load_hf_dataset(builder, data_files=data_files, cache_dir=cache,
-                                  what_to_do="check the --input files", **extra)
+        dataset = load_hf_dataset(
+            builder, data_files=data_files, cache_dir=cache, what_to_do="check the --input files", **extra
+        )
     else:
         if config not in CONFIGS:
             raise UserError(f"unknown --config={config}; choose one of {', '.join(CONFIGS)}")
-        check_hub_reachable(f"connect to the internet or pass local files with {LOCAL_HINT} "
-                            "(a copy already in the cache loads with HF_DATASETS_OFFLINE=1)")
+        check_hub_reachable(
+            f"connect to the internet or pass local files with {LOCAL_HINT} "
+            "(a copy already in the cache loads with HF_DATASETS_OFFLINE=1)"
+        )
         dataset = load_hf_dataset(
-            HUB_DATASET, config, cache_dir=cache,
-            what_to_do=f"connect to the internet (offline mode off) or pass local files with "
-                       f"{LOCAL_HINT}",
+            HUB_DATASET,
+            config,
+            cache_dir=cache,
+            what_to_do=f"connect to the internet (offline mode off) or pass local files with {LOCAL_HINT}",
         )
     return write_hf_dataset_gpt2(out_dir, dataset, num_proc)
 

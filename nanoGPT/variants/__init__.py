@@ -1,4 +1,5 @@
 """The registry of output-objective variants: name -> class. Add a variant here."""
+
 from __future__ import annotations
 
 from nanoGPT.config import ModelConfig

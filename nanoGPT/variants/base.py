@@ -11,6 +11,7 @@ A variant turns the trunk's hidden states (..., n_embd) into
 `extra_positives` is a sparse (..., K) tensor of further valid next-token ids per position,
 padded with -1 (from the augmenter). Softmax variants ignore it.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -2,6 +2,7 @@
 
 The loss is F.cross_entropy's, computed by `softmax_cross_entropy`, which `smooth` and
 `bayes` share, so that the variants differ in their objective and not in their kernels."""
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,7 @@ def softmax_cross_entropy(
     """(..., V) logits and (...) target ids -> (N,) logsumexp(z) - target_weight * z_target,
     N = targets.numel(). With target_weight 1 that is the cross-entropy of each position,
     F.cross_entropy(logits, targets, reduction="none")."""
-    return _SoftmaxCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                      target_weight)
+    return _SoftmaxCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), target_weight)
 
 
 class Baseline(Variant):

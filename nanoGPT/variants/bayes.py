@@ -17,6 +17,7 @@ Training estimates the expectation with one of two reparameterisations (`bayes_e
 The predictive distribution averages S sampled softmaxes. Samples are drawn per token the
 same way, which gives the right per-token marginal (not a joint over tokens).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,11 @@ class GaussianPosteriorSample(torch.autograd.Function):
             sigma = F.softplus(rho)
             flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
             squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
-            kl = (squares / (2 * prior_sigma**2) - torch.log(sigma).sum()
-                  + (math.log(prior_sigma) - 0.5) * mu.numel())
+            kl = (
+                squares / (2 * prior_sigma**2)
+                - torch.log(sigma).sum()
+                + (math.log(prior_sigma) - 0.5) * mu.numel()
+            )
             eps = torch.randn_like(mu) if draw else None
             sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
         ctx.prior_sigma, ctx.draw = prior_sigma, draw
@@ -110,16 +114,18 @@ class VariationalLinear(nn.Module):
     def sample_logits_shared(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (..., V) of ONE weight sample shared by every token, KL(q || prior)): a
         single matmul, the sample and the KL fused (see GaussianPosteriorSample)."""
-        weight, weight_kl = GaussianPosteriorSample.apply(self.weight_mu, self.weight_rho,
-                                                          self.prior_sigma, True)
-        bias, bias_kl = GaussianPosteriorSample.apply(self.bias_mu, self.bias_rho,
-                                                      self.prior_sigma, True)
+        weight, weight_kl = GaussianPosteriorSample.apply(
+            self.weight_mu, self.weight_rho, self.prior_sigma, True
+        )
+        bias, bias_kl = GaussianPosteriorSample.apply(self.bias_mu, self.bias_rho, self.prior_sigma, True)
         return F.linear(hidden, weight, bias).float(), weight_kl + bias_kl
 
     def fused_kl(self) -> torch.Tensor:
         """kl() through the fused closed form that training uses: same value, same gradient."""
-        return sum(GaussianPosteriorSample.apply(mu, rho, self.prior_sigma, False)[1]
-                   for mu, rho in ((self.weight_mu, self.weight_rho), (self.bias_mu, self.bias_rho)))
+        return sum(
+            GaussianPosteriorSample.apply(mu, rho, self.prior_sigma, False)[1]
+            for mu, rho in ((self.weight_mu, self.weight_rho), (self.bias_mu, self.bias_rho))
+        )
 
     def sample_logits(self, hidden: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Sampled float32 logits (..., V), or (num_samples, ..., V): an independent weight

@@ -1,6 +1,7 @@
 """bayes_sigmoid: the variational head of `bayes` trained with the sparse multi-hot BCE of
 `sigmoid`: loss = E_q[BCE] + kl_weight * KL(q || p) / N. The predictive distribution is the
 mean over S weight samples of the per-row normalised sigmoid scores."""
+
 from __future__ import annotations
 
 import torch
@@ -20,9 +21,7 @@ class BayesSigmoid(Bayes):
         self.lm_head.reset_parameters(bias=sigmoid_bias_init(self.config.vocab_size))
 
     def data_loss(self, logits, targets, extra_positives) -> tuple[torch.Tensor, Stats]:
-        per_position, num_positives = sparse_bce(
-            logits, targets, extra_positives, self.config.pos_weight
-        )
+        per_position, num_positives = sparse_bce(logits, targets, extra_positives, self.config.pos_weight)
         return per_position.mean(), {"positives": num_positives.float().mean()}
 
     def sample_log_probs(self, sample_logits: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ which needs the dense logits only once, plus a gather of the few positive ones.
 The predictive distribution normalises the sigmoid scores of each row on its own:
 p_v = sigma(z_v) / sum_u sigma(z_u).
 """
+
 from __future__ import annotations
 
 import math

@@ -8,6 +8,7 @@ whole vocabulary (PyTorch's definition), which discourages over-confident logits
 and since the head is linear without a bias, mean_v(z_v) = h . mean_v(W_v): the smoothing
 term costs one n_embd-sized vector rather than another pass over the (N, V) logits.
 """
+
 from __future__ import annotations
 
 import torch
