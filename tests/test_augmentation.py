@@ -28,11 +28,11 @@ from augmentation.data_augmentation import (
 )
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
+from nanoGPT.losses import positive_ids, sparse_bce
 from nanoGPT.model import GPT
 from nanoGPT.prepare import shakespeare_splits, write_text_dataset
 from nanoGPT.tokenizer import CharTokenizer, gpt2_tokenizer, load_tokenizer
 from nanoGPT.train import train
-from nanoGPT.variants.sigmoid import positive_ids, sparse_bce
 from tests.conftest import tiny_config
 
 

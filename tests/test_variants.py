@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
+from nanoGPT.losses import GaussianPosteriorSample, softmax_cross_entropy, sparse_bce
 from nanoGPT.model import GPT
 from nanoGPT.variants import VARIANTS, build_variant
-from nanoGPT.variants.baseline import softmax_cross_entropy
-from nanoGPT.variants.bayes import GaussianPosteriorSample, VariationalLinear
-from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs, sparse_bce
+from nanoGPT.variants.bayes import VariationalLinear
+from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs
 
 V, C = 37, 16
 ALL = ["baseline", "smooth", "sigmoid", "bayes", "bayes_sigmoid"]

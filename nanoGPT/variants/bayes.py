@@ -30,55 +30,9 @@ from torch.distributions import kl_divergence
 
 from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
+from nanoGPT.losses import GaussianPosteriorSample, inverse_softplus, softmax_cross_entropy
 from nanoGPT.metrics import bayes_token_stats
 from nanoGPT.variants.base import Stats, Variant
-from nanoGPT.variants.baseline import softmax_cross_entropy
-
-
-def inverse_softplus(sigma: float) -> float:
-    return sigma + math.log(-math.expm1(-sigma))  # log(exp(sigma) - 1) without overflow
-
-
-class GaussianPosteriorSample(torch.autograd.Function):
-    """For q = N(mu, softplus(rho)^2) elementwise: (a sample mu + sigma * eps if `draw`, else an
-    empty tensor; KL(q || N(0, prior_sigma^2)) summed over every entry), float32.
-
-    The same closed form pyro's kl_divergence gives (VariationalLinear.kl, which the tests hold
-    this to, in value and gradient), written out with its gradient by hand:
-        KL = sum log(prior / sigma) + (sigma^2 + mu^2) / (2 prior^2) - 1/2
-        dKL/dmu = mu / prior^2,    dKL/dsigma = sigma / prior^2 - 1 / sigma,
-    and d(sample)/dmu = 1, d(sample)/dsigma = eps, dsigma/drho = sigmoid(rho). At the GPT-2
-    vocabulary mu is 50257 x n_embd: autograd through pyro's KL and a separate sample makes
-    about twenty such temporaries per step, each a full pass over memory; this makes seven."""
-
-    @staticmethod
-    def forward(ctx, mu: torch.Tensor, rho: torch.Tensor, prior_sigma: float, draw: bool):
-        with torch.autocast(mu.device.type, enabled=False):  # float32 parameters stay float32
-            sigma = F.softplus(rho)
-            flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
-            squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
-            kl = (
-                squares / (2 * prior_sigma**2)
-                - torch.log(sigma).sum()
-                + (math.log(prior_sigma) - 0.5) * mu.numel()
-            )
-            eps = torch.randn_like(mu) if draw else None
-            sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
-        ctx.prior_sigma, ctx.draw = prior_sigma, draw
-        ctx.save_for_backward(mu, rho, sigma, eps)
-        return sample, kl
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor):
-        mu, rho, sigma, eps = ctx.saved_tensors
-        prior_var = ctx.prior_sigma**2
-        grad_sigma = sigma.reciprocal().neg_().add_(sigma, alpha=1 / prior_var).mul_(grad_kl)
-        grad_mu = mu * (grad_kl / prior_var)
-        if ctx.draw:
-            grad_sigma.addcmul_(grad_sample, eps)
-            grad_mu.add_(grad_sample)
-        return grad_mu, grad_sigma.mul_(torch.sigmoid(rho)), None, None
 
 
 class VariationalLinear(nn.Module):

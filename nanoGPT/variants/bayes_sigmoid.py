@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from nanoGPT.losses import sparse_bce
 from nanoGPT.metrics import sigmoid_token_stats
 from nanoGPT.variants.base import Stats
 from nanoGPT.variants.bayes import Bayes
-from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs, sigmoid_bias_init, sparse_bce
+from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs, sigmoid_bias_init
 
 
 class BayesSigmoid(Bayes):

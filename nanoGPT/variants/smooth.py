@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nanoGPT.losses import softmax_cross_entropy
 from nanoGPT.variants.base import Stats
-from nanoGPT.variants.baseline import Baseline, softmax_cross_entropy
+from nanoGPT.variants.baseline import Baseline
 
 
 class Smooth(Baseline):

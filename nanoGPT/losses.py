@@ -1,0 +1,164 @@
+"""The hand-written loss kernels the variants share, each with its backward written out.
+
+They compute exactly what the textbook PyTorch expression computes (the tests hold each to it
+in value and gradient) while keeping fewer vocabulary-sized buffers alive, because at the GPT-2
+vocabulary the output head and its loss are most of a small model's memory and time:
+
+- `softmax_cross_entropy`: F.cross_entropy (baseline, smooth, bayes);
+- `sparse_bce`: F.binary_cross_entropy_with_logits against a multi-hot target given as sparse
+  ids (sigmoid, bayes_sigmoid), never the dense (N, V) target;
+- `GaussianPosteriorSample`: a weight sample of a mean-field Gaussian posterior fused with its
+  closed-form KL to a Gaussian prior (bayes, bayes_sigmoid).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """logsumexp(z) - target_weight * z_y per position, with a hand-written backward: the
+    gradient is softmax(z) * g with the target's slope scattered into it in place, one
+    (N, V) buffer, where F.cross_entropy keeps log_softmax(z) and then builds a zero-filled
+    (N, V) gradient for the target and another for the log-softmax."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, target_weight):
+        log_normaliser = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, targets, log_normaliser)
+        ctx.target_weight = target_weight
+        return log_normaliser - target_weight * logits.gather(1, targets[:, None])[:, 0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, targets, log_normaliser = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_logits = torch.sub(logits, log_normaliser[:, None]).exp_().mul_(grad)
+        grad_logits.scatter_add_(1, targets[:, None], -ctx.target_weight * grad)
+        return grad_logits, None, None
+
+
+def softmax_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, target_weight: float = 1.0
+) -> torch.Tensor:
+    """(..., V) logits and (...) target ids -> (N,) logsumexp(z) - target_weight * z_target,
+    N = targets.numel(). With target_weight 1 that is the cross-entropy of each position,
+    F.cross_entropy(logits, targets, reduction="none")."""
+    return _SoftmaxCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), target_weight)
+
+
+def positive_ids(
+    targets: torch.Tensor, extra_positives: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(...) true ids and (..., K) extra ids padded with -1 -> (N, 1+K) ids and a mask that
+    keeps each distinct non-negative id once per position. The true id is always kept."""
+    ids = targets.reshape(-1, 1)
+    if extra_positives is not None and extra_positives.size(-1) > 0:
+        extra = extra_positives.reshape(ids.size(0), -1).to(ids.dtype)
+        ids = torch.cat([ids, extra], dim=1)
+    ids = ids.sort(dim=1).values  # duplicates become neighbours; the -1 padding comes first
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    return ids.clamp_min(0), first & (ids >= 0)
+
+
+def _positive_terms(z_pos: torch.Tensor, is_positive: torch.Tensor, pos_weight: float):
+    """The loss of the positives beyond softplus(z), (w - 1) * softplus(z) - w * z, and its
+    derivative (w - 1) * sigma(z) - w, zero where the slot is padding or a duplicate."""
+    if pos_weight == 1.0:  # skip the softplus; also no 0 * inf at saturated logits
+        terms, slopes = -z_pos, torch.full_like(z_pos, -1.0)
+    else:
+        terms = (pos_weight - 1.0) * F.softplus(z_pos) - pos_weight * z_pos
+        slopes = (pos_weight - 1.0) * torch.sigmoid(z_pos) - pos_weight
+    zero = torch.zeros_like(z_pos)
+    return torch.where(is_positive, terms, zero), torch.where(is_positive, slopes, zero)
+
+
+class _SparseBCE(torch.autograd.Function):
+    """sum_v softplus(z_v) + the positive terms, per position, with a hand-written backward:
+    autograd would give the gather its own zero-filled V-sized gradient and add it to the
+    softplus gradient (one more V-sized buffer, three more passes over it). Here the gradient
+    is sigma(z) * g, with the few positive slopes scattered into it in place."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, is_positive, pos_weight):
+        z_pos = logits.gather(1, ids)
+        pos_terms, slopes = _positive_terms(z_pos, is_positive, pos_weight)
+        ctx.save_for_backward(logits, ids, slopes)
+        return F.softplus(logits).sum(-1) + pos_terms.sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, ids, slopes = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_logits = torch.sigmoid(logits).mul_(grad)
+        grad_logits.scatter_add_(1, ids, slopes * grad)  # duplicates' slopes are 0
+        return grad_logits, None, None, None
+
+
+def sparse_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    extra_positives: torch.Tensor | None,
+    pos_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE of (..., V) logits against the multi-hot target {true} U extra_positives, summed over
+    the vocabulary: one loss per position, shape (N,), N = targets.numel(). Also returns the
+    number of distinct positives of each position, (N,).
+
+    Equal to F.binary_cross_entropy_with_logits(logits, dense_target, pos_weight=w,
+    reduction="none").sum(-1) without ever building the dense target. Extra ids must be < V."""
+    ids, is_positive = positive_ids(targets, extra_positives)
+    loss = _SparseBCE.apply(logits.reshape(-1, logits.size(-1)), ids, is_positive, pos_weight)
+    return loss, is_positive.sum(-1)
+
+
+def inverse_softplus(sigma: float) -> float:
+    return sigma + math.log(-math.expm1(-sigma))  # log(exp(sigma) - 1) without overflow
+
+
+class GaussianPosteriorSample(torch.autograd.Function):
+    """For q = N(mu, softplus(rho)^2) elementwise: (a sample mu + sigma * eps if `draw`, else an
+    empty tensor; KL(q || N(0, prior_sigma^2)) summed over every entry), float32.
+
+    The same closed form pyro's kl_divergence gives (VariationalLinear.kl, which the tests hold
+    this to, in value and gradient), written out with its gradient by hand:
+        KL = sum log(prior / sigma) + (sigma^2 + mu^2) / (2 prior^2) - 1/2
+        dKL/dmu = mu / prior^2,    dKL/dsigma = sigma / prior^2 - 1 / sigma,
+    and d(sample)/dmu = 1, d(sample)/dsigma = eps, dsigma/drho = sigmoid(rho). At the GPT-2
+    vocabulary mu is 50257 x n_embd: autograd through pyro's KL and a separate sample makes
+    about twenty such temporaries per step, each a full pass over memory; this makes seven."""
+
+    @staticmethod
+    def forward(ctx, mu: torch.Tensor, rho: torch.Tensor, prior_sigma: float, draw: bool):
+        with torch.autocast(mu.device.type, enabled=False):  # float32 parameters stay float32
+            sigma = F.softplus(rho)
+            flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
+            squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
+            kl = (
+                squares / (2 * prior_sigma**2)
+                - torch.log(sigma).sum()
+                + (math.log(prior_sigma) - 0.5) * mu.numel()
+            )
+            eps = torch.randn_like(mu) if draw else None
+            sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
+        ctx.prior_sigma, ctx.draw = prior_sigma, draw
+        ctx.save_for_backward(mu, rho, sigma, eps)
+        return sample, kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor):
+        mu, rho, sigma, eps = ctx.saved_tensors
+        prior_var = ctx.prior_sigma**2
+        grad_sigma = sigma.reciprocal().neg_().add_(sigma, alpha=1 / prior_var).mul_(grad_kl)
+        grad_mu = mu * (grad_kl / prior_var)
+        if ctx.draw:
+            grad_sigma.addcmul_(grad_sample, eps)
+            grad_mu.add_(grad_sample)
+        return grad_mu, grad_sigma.mul_(torch.sigmoid(rho)), None, None
