@@ -6,14 +6,14 @@
 It takes the training configuration (config files, then --key=value), so the cache it writes is
 the one that run reads with --augment_source=cache: <data_dir>/train.aug_<name>.bin + .json.
 batch_size blocks of block_size tokens go through the teacher at a time. Interrupted, it
-continues where it stopped when run again with the same settings. See augmentation/cache.py.
+continues where it stopped when run again with the same settings. See nanoGPT/augment/cache.py.
 """
 
 from __future__ import annotations
 
 import sys
 
-from augmentation.cache import build_cache
+from nanoGPT.augment.cache import build_cache
 from nanoGPT.config import TrainConfig, apply_config
 from nanoGPT.errors import cli
 

@@ -20,30 +20,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from augmentation.data_augmentation import (
-    CKPT_PREFIX,
-    AugmentSettings,
-    DataAugmenter,
-    checkpoint_file,
-    load_teacher,
-)
+from nanoGPT.augment.augmenter import DataAugmenter
+from nanoGPT.augment.settings import CKPT_PREFIX, AugmentSettings
+from nanoGPT.augment.teachers import checkpoint_file, load_teacher
 from nanoGPT.checkpoint import checkpoint_tokenizer, load_checkpoint
-from nanoGPT.config import apply_config
+from nanoGPT.config import TrainConfig, apply_config
 from nanoGPT.errors import UserError, cli
+from nanoGPT.runtime import resolve_device
 from nanoGPT.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
 
 
 @dataclass
-class DemoConfig:
-    teacher: str = "gpt2"  # hub name, local HF folder, or ckpt:<out_dir>
-    data_dir: str = ""  # whose tokenizer; "" = the teacher's own
+class DemoConfig(TrainConfig):
+    """TrainConfig's augment_* keys (one definition), plus the sentence to show."""
+
     text: str = "The boy went to the [park] to play with his friends."
-    augment_k: int = 10
-    augment_filter: str = "perplexity"  # perplexity | prob | none: decides "kept"
-    augment_threshold: float = 100.0
-    augment_min_prob: float = 0.01
-    augment_window: int = 64
-    device: str = "auto"
+    augment_k: int = 10  # a table to read, not a training run's 50
+    data_dir: str = ""  # whose tokenizer; "" = the teacher's own
 
 
 def demo_tokenizer(cfg: DemoConfig) -> Tokenizer:
@@ -71,9 +64,7 @@ def encode_marked(tokenizer: Tokenizer, text: str) -> tuple[list[int], int]:
 
 
 def run_demo(cfg: DemoConfig) -> list[dict]:
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)
     settings = AugmentSettings.from_config(cfg)
     tokenizer = demo_tokenizer(cfg)
     teacher = load_teacher(settings.teacher, device, tokenizer, cfg.data_dir or "the data")

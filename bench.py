@@ -26,13 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
-from augmentation import build_augmenter
-from augmentation.benchmark import filter_speed, prepare_augmenter_bench
+from nanoGPT.augment import build_augmenter
+from nanoGPT.benchmark import filter_speed, prepare_augmenter_bench
 from nanoGPT.config import TrainConfig, apply_config
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError, cli
 from nanoGPT.model import GPT
-from nanoGPT.train import build_optimizer, setup_runtime
+from nanoGPT.runtime import setup_runtime
+from nanoGPT.train import build_optimizer
 from nanoGPT.variants import VARIANTS
 
 # the trunks --archs compares: config overrides on top of the bench's own trunk

@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from nanoGPT.atomic import atomic_write_json
 from nanoGPT.checkpoint import checkpoint_path, find_resume_checkpoint, load_model, warn
 from nanoGPT.config import TrainConfig, apply_config
 from nanoGPT.data import TokenData, resolve_data_dir
@@ -41,10 +42,11 @@ from nanoGPT.evaluate import evaluate
 from nanoGPT.metrics import MetricAccumulator
 from nanoGPT.model import GPT
 from nanoGPT.plotting import plot_loss_curves, plot_reliability, plot_samples, read_metrics
+from nanoGPT.runtime import Runtime, seeded, setup_runtime
 from nanoGPT.sampling import generate
 from nanoGPT.text_metrics import distinct_n, self_bleu
 from nanoGPT.tokenizer import Tokenizer, load_tokenizer
-from nanoGPT.train import Runtime, setup_runtime, train
+from nanoGPT.train import train
 from nanoGPT.variants import VARIANTS
 
 REFERENCE = "baseline"  # always trained: the reference row, the judge of samples, the teacher
@@ -279,7 +281,7 @@ def train_or_reuse(run: Run) -> str:
     finally:  # an interrupted attempt's time counts too: its checkpoints are resumed from
         spent = time.time() - started + (earlier if finite(earlier) else 0.0)
         os.makedirs(run.log_path, exist_ok=True)
-        write_json(os.path.join(run.log_path, TRAIN_TIME), {"train_s": spent})
+        atomic_write_json(os.path.join(run.log_path, TRAIN_TIME), {"train_s": spent})
     return status
 
 
@@ -301,7 +303,6 @@ def generate_samples(
 ) -> list[dict]:
     """num_samples continuations of every prompt; prompt i is sampled under seed sample_seed + i,
     so every run draws from the same random stream."""
-    devices = [rt.device] if rt.device_type == "cuda" else []
     samples = []
     for i, prompt in enumerate(prompts):
         ids = tokenizer.encode(prompt)
@@ -313,10 +314,8 @@ def generate_samples(
                 f"block_size={model.config.block_size}"
             )
         idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=rt.device)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.sample_seed + i)
-            with rt.autocast():
-                out = generate(model, idx, cfg.sample_tokens, cfg.temperature, cfg.top_k)
+        with seeded(cfg.sample_seed + i, rt.device), rt.autocast():
+            out = generate(model, idx, cfg.sample_tokens, cfg.temperature, cfg.top_k)
         for row in out.tolist():
             samples.append({"prompt": prompt, "prompt_ids": ids, "ids": row[len(ids) :]})
     return samples
@@ -432,7 +431,7 @@ def evaluate_run(
         "samples": [{"prompt": s["prompt"], "text": t} for s, t in zip(samples, texts)],
     }
     os.makedirs(run.log_path, exist_ok=True)
-    write_json(cache_path, {"key": key, "result": result})
+    atomic_write_json(cache_path, {"key": key, "result": result})
     return result
 
 
@@ -512,24 +511,6 @@ def format_table(
             cells.append(f"**{cell}**" if variant in best.get(column.key, ()) else cell)
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def json_safe(value):
-    """NaN and infinities are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(json_safe(obj), f, indent=1)
-    os.replace(tmp, path)
 
 
 def write_samples_markdown(path: str, results: Mapping[str, Mapping[int, dict]]) -> None:
@@ -689,7 +670,7 @@ def compare(cfg: CompareConfig, command: str = "") -> dict:
         "best": {k: sorted(v) for k, v in best_variants(summary, COLUMNS).items()},
         "runs": {v: {str(s): r for s, r in seeds.items()} for v, seeds in results.items()},
     }
-    write_json(os.path.join(report_dir, "results.json"), output)
+    atomic_write_json(os.path.join(report_dir, "results.json"), output)
     tokens = next(iter(first_seed.values()))["metrics"]["tokens"]
     write_report(os.path.join(report_dir, "report.md"), cfg, command, summary, runs, statuses, wall_s, tokens)
     print()

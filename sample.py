@@ -15,6 +15,7 @@ import torch
 from nanoGPT.checkpoint import checkpoint_path, checkpoint_tokenizer, load_model
 from nanoGPT.config import apply_config
 from nanoGPT.errors import UserError, cli
+from nanoGPT.runtime import resolve_device
 from nanoGPT.sampling import generate
 
 
@@ -47,7 +48,7 @@ def read_prompt(start: str) -> str:
 
 
 def sample(cfg: SampleConfig) -> list[str]:
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     path = checkpoint_path(cfg.out_dir, cfg.ckpt)
     overrides = {"bayes_samples": cfg.bayes_samples} if cfg.bayes_samples else {}
     model, ckpt = load_model(path, device, expect_variant=cfg.variant or None, **overrides)

@@ -24,19 +24,21 @@ import re
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, fsync_dir, write_temp
 from nanoGPT.config import ModelConfig, config_from_dict
+from nanoGPT.data import resolve_data_dir
 from nanoGPT.errors import UserError
+from nanoGPT.model import GPT
+from nanoGPT.tokenizer import load_tokenizer
 
 FORMAT = "nanoGPT-objectives/1"
 LAST, BEST = "ckpt.pt", "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
-TEMP_PREFIX = ".tmp-"
 _NUMBERED = re.compile(r"ckpt-(\d+)\.pt")
 
 
@@ -69,49 +71,9 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: str) -> None:
-    # makes the renames themselves durable; not every platform can open a folder
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_temp(folder: str, write: Callable[[Any], None]) -> str:
-    """A temporary file in `folder` holding what `write(f)` wrote, flushed to disk."""
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.pt")
-    # mode 0o666 less the umask, the permissions a plain open() gives (mkstemp's are 0o600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return tmp
-
-
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    tmp = _write_temp(os.path.dirname(os.path.abspath(path)), write)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str) -> None:
     """torch.save(obj, path) through a temporary file: `path` is never half-written."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _point_link(link: str, target: str) -> None:
@@ -149,19 +111,19 @@ def save_checkpoint(
             time.sleep(pause_s)
 
     path = numbered_checkpoint_path(out_dir, iter_num)
-    tmp = _write_temp(out_dir, lambda f: torch.save(state, f))
+    tmp = write_temp(out_dir, lambda f: torch.save(state, f), suffix=".pt")
     try:
         pause()
         # the checksum goes first: a checkpoint name without its checksum never exists
         checksum_line = f"{sha256_of(tmp)}  {os.path.basename(path)}\n".encode()
-        _atomic_write(path + CHECKSUM_SUFFIX, lambda f: f.write(checksum_line))
+        atomic_write_bytes(path + CHECKSUM_SUFFIX, checksum_line)
         pause()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     pause()
     if best:
         _point_link(checkpoint_path(out_dir, "best"), path)
@@ -295,7 +257,6 @@ def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> 
 
 def load_model(path: str, device: str = "cpu", expect_variant: str | None = None, **overrides: Any):
     """Rebuild the GPT stored in a checkpoint (its own variant and config), in eval mode."""
-    from nanoGPT.model import GPT
 
     ckpt = load_checkpoint(path, map_location=device)
     config = dataclasses.replace(model_config_of(ckpt, expect_variant), **overrides)
@@ -353,8 +314,6 @@ def check_tokenizer(ckpt: dict[str, Any], tokenizer: Any, data_dir: str) -> None
 def checkpoint_tokenizer(ckpt: dict[str, Any], data_dir: str = "") -> Any:
     """The tokenizer of the data the checkpoint was trained on (or of `data_dir`), checked to
     match the checkpoint's vocabulary: what sampling and comparison should decode with."""
-    from nanoGPT.data import resolve_data_dir
-    from nanoGPT.tokenizer import load_tokenizer
 
     train_cfg = ckpt["config"]
     data_dir = data_dir or resolve_data_dir(train_cfg["dataset"], train_cfg["data_dir"])

@@ -9,6 +9,7 @@ import torch
 from nanoGPT.data import TokenData
 from nanoGPT.metrics import MetricAccumulator
 from nanoGPT.model import GPT
+from nanoGPT.runtime import seeded
 
 # Rows of hidden states scored at once: bounds the (samples x rows x vocab) temporaries.
 _EVAL_ELEMENTS = 2**25
@@ -35,12 +36,10 @@ def evaluate(
     model.eval()
     autocast = autocast or contextlib.nullcontext()
     accumulator = accumulator or MetricAccumulator(device=data.device)
-    devices = [data.device] if data.device.startswith("cuda") else []
     cfg = model.config
     samples = cfg.bayes_samples if model.variant.bayesian else 1
     chunk_rows = max(1, _EVAL_ELEMENTS // (cfg.vocab_size * samples))
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, data.device):
         for starts in data.eval_batches(split, num_batches, world_size):
             batch = data.batch_at(split, starts)
             with autocast:

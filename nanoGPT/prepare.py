@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nanoGPT.atomic import atomic_write
 from nanoGPT.config import parse_value
 from nanoGPT.errors import UserError, cli
 from nanoGPT.tokenizer import META_FILE, CharTokenizer, Tokenizer, gpt2_tokenizer
@@ -27,33 +28,27 @@ TOKEN_DTYPE = np.uint16
 MAX_TOKEN_ID = np.iinfo(TOKEN_DTYPE).max
 
 
-def _atomic_path(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
-
-
 def write_tokens(path: str, chunks: Iterable[Sequence[int] | np.ndarray]) -> int:
     """Write token ids, given as one or more chunks, to `path` as uint16; return their count.
 
     Written to a temporary file and renamed, so an interrupted run leaves no half-written .bin.
     """
-    tmp = _atomic_path(path)
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                ids = np.asarray(chunk, dtype=np.int64)
-                out_of_range = ids[(ids < 0) | (ids > MAX_TOKEN_ID)]
-                if out_of_range.size:
-                    raise UserError(
-                        f"token id {int(out_of_range[0])} does not fit the uint16 .bin format "
-                        f"(ids must be 0..{MAX_TOKEN_ID})"
-                    )
-                f.write(ids.astype(TOKEN_DTYPE).tobytes())
-                count += int(ids.size)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def write(f) -> None:
+        nonlocal count
+        for chunk in chunks:
+            ids = np.asarray(chunk, dtype=np.int64)
+            out_of_range = ids[(ids < 0) | (ids > MAX_TOKEN_ID)]
+            if out_of_range.size:
+                raise UserError(
+                    f"token id {int(out_of_range[0])} does not fit the uint16 .bin format "
+                    f"(ids must be 0..{MAX_TOKEN_ID})"
+                )
+            f.write(ids.astype(TOKEN_DTYPE).tobytes())
+            count += int(ids.size)
+
+    atomic_write(path, write)
     return count
 
 
@@ -64,14 +59,7 @@ def read_tokens(path: str) -> np.ndarray:
 
 def write_meta(path: str, meta: Mapping[str, Any]) -> None:
     """Write a meta.pkl atomically (temp file + rename)."""
-    tmp = _atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(dict(meta), f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: pickle.dump(dict(meta), f))
 
 
 def write_split(out_dir: str, split: str, chunks: Iterable[Sequence[int] | np.ndarray]) -> int:

@@ -8,6 +8,7 @@ import math
 import os
 import re
 
+from nanoGPT.atomic import atomic_write_text
 from nanoGPT.config import TrainConfig
 
 
@@ -62,7 +63,7 @@ class RunLog:
                         continue
                     if isinstance(record, dict) and record.get("iter", 0) <= iter_num:
                         kept.append(json.dumps(record) + "\n")
-            _rewrite(metrics_path, "".join(kept))
+            atomic_write_text(metrics_path, "".join(kept))
         samples_path = os.path.join(self.dir, "samples.txt")
         if os.path.exists(samples_path):
             with open(samples_path) as f:
@@ -73,18 +74,11 @@ class RunLog:
                 if int(m.group(1)) > iter_num
             ]
             if later:
-                _rewrite(samples_path, text[: later[0]])
+                atomic_write_text(samples_path, text[: later[0]])
 
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
-
-
-def _rewrite(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def finite_or_none(value: float) -> float | None:

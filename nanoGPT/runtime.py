@@ -35,12 +35,27 @@ class Runtime:
         return torch.autocast(device_type=self.device_type, dtype=self.ptdtype)
 
 
-def setup_runtime(cfg: TrainConfig) -> Runtime:
-    device = cfg.device
+def resolve_device(device: str) -> str:
+    """The device a `device` setting names: auto = cuda when there is one, else cpu."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device=cuda but CUDA is not available; use --device=cpu")
+        raise UserError(f"device={device} but CUDA is not available; use --device=cpu")
+    return device
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: str | torch.device = "cpu"):
+    """Run the block under torch.manual_seed(seed) and restore the global RNG after it, so a
+    side computation (sampling, a Bayesian teacher) neither varies nor disturbs training."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    device = resolve_device(cfg.device)
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank = local_rank = 0
     world_size = 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nanoGPT.atomic import atomic_write_bytes
 from nanoGPT.errors import UserError
 
 META_FILE = "meta.pkl"
@@ -248,10 +249,7 @@ class SentencePieceTokenizer(Tokenizer):
             raise UserError(f"SentencePiece training failed: {message}") from None
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, SENTENCEPIECE_FILE)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(model.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, model.getvalue())
         return cls(path)
 
     def encode(self, text: str) -> list[int]:

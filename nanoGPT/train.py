@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from augmentation import build_augmenter
+from nanoGPT.augment import build_augmenter
 from nanoGPT.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from nanoGPT.checkpoint import (
     check_tokenizer,
@@ -38,7 +38,7 @@ from nanoGPT.evaluate import evaluate
 from nanoGPT.model import GPT
 from nanoGPT.progressive import stage_at
 from nanoGPT.runlog import RunLog, finite_or_none
-from nanoGPT.runtime import Runtime, setup_runtime
+from nanoGPT.runtime import Runtime, seeded, setup_runtime
 from nanoGPT.sampling import generate
 from nanoGPT.tokenizer import load_tokenizer
 
@@ -450,13 +450,10 @@ def sample_text(model: GPT, tokenizer, cfg: TrainConfig, rt: Runtime) -> str:
     """A short sample from a fixed prompt and seed, so samples.txt shows text improving."""
     ids = tokenizer.encode(cfg.sample_prompt)[-cfg.block_size :] or [0]
     idx = torch.tensor([ids], dtype=torch.long, device=rt.device)
-    devices = [rt.device] if rt.device_type == "cuda" else []
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.seed)
-        with rt.autocast():
-            out = generate(model, idx, cfg.sample_tokens, temperature=0.8, top_k=200)
+    with seeded(cfg.seed, rt.device), rt.autocast():
+        out = generate(model, idx, cfg.sample_tokens, temperature=0.8, top_k=200)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 

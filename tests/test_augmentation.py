@@ -10,20 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import augmentation.cache as cache_module
+import nanoGPT.augment.cache as cache_module
 from augment_demo import DemoConfig, run_demo
-from augmentation import build_augmenter
-from augmentation.cache import build_cache, cache_paths, open_cache
-from augmentation.data_augmentation import (
-    AugmentSettings,
+from nanoGPT.augment import build_augmenter
+from nanoGPT.augment.augmenter import DataAugmenter
+from nanoGPT.augment.cache import build_cache, cache_paths, open_cache
+from nanoGPT.augment.reference import reference_window_perplexity
+from nanoGPT.augment.settings import AugmentSettings, select_positions
+from nanoGPT.augment.teachers import (
     CheckpointTeacher,
-    DataAugmenter,
     HFTeacher,
     Teacher,
     load_teacher,
     probable_candidates,
-    reference_window_perplexity,
-    select_positions,
     top_candidates,
 )
 from nanoGPT.data import TokenData
@@ -244,7 +243,7 @@ class SoftmaxTeacher(Teacher):
 def test_prob_filter_without_top_k_equals_top_k_then_threshold(min_prob, monkeypatch):
     """probable_candidates (training's prob filter) against top_candidates + the threshold, in
     chunks of 7 rows: rows with none, some, and more than k tokens above the threshold."""
-    import augmentation.data_augmentation as augmentation_module
+    import nanoGPT.augment.teachers as augmentation_module
 
     generator = torch.Generator().manual_seed(0)
     teacher = SoftmaxTeacher(torch.randn(300, 16, generator=generator))

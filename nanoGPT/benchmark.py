@@ -16,19 +16,17 @@ import time
 import numpy as np
 import torch
 
-from augmentation.cache import build_cache
-from augmentation.data_augmentation import (
-    AugmentSettings,
-    DataAugmenter,
-    load_teacher,
-    reference_window_perplexity,
-    select_positions,
-    to_device,
-)
+from nanoGPT.augment.augmenter import DataAugmenter, to_device
+from nanoGPT.augment.cache import build_cache
+from nanoGPT.augment.reference import reference_window_perplexity
+from nanoGPT.augment.settings import AugmentSettings, select_positions
+from nanoGPT.augment.teachers import load_teacher
 from nanoGPT.config import TrainConfig
 from nanoGPT.data import TokenData
 from nanoGPT.prepare import shakespeare_splits, write_text_dataset
+from nanoGPT.runtime import setup_runtime
 from nanoGPT.tokenizer import gpt2_tokenizer, load_tokenizer
+from nanoGPT.train import train
 
 
 def prepare_augmenter_bench(cfg: TrainConfig, work_dir: str, train_chars: int = 60_000) -> list[str]:
@@ -42,7 +40,6 @@ def prepare_augmenter_bench(cfg: TrainConfig, work_dir: str, train_chars: int = 
             {"train": splits["train"][:train_chars], "val": splits["val"][:20_000]},
         )
     teacher_dir = os.path.join(work_dir, "teacher")
-    from nanoGPT.train import train  # late: the loop imports this package
 
     if not os.path.exists(os.path.join(teacher_dir, "ckpt.pt")):
         train(
@@ -86,7 +83,6 @@ def filter_speed(cfg: TrainConfig, work_dir: str, rows: int = 2) -> dict:
     """Seconds for the perplexity filter's windows of one batch, on the bench's device: batched
     vs one candidate per forward pass (each after one warm-up call), and the largest relative
     difference of their perplexities."""
-    from nanoGPT.train import setup_runtime  # late: the loop imports this package
 
     device = setup_runtime(cfg).device
     data_dir = os.path.join(work_dir, "data")

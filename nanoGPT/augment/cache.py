@@ -37,19 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from augmentation.data_augmentation import (
-    CKPT_PREFIX,
-    AugmentSettings,
-    DataAugmenter,
-    check_teacher_fits,
-    checkpoint_file,
-    load_teacher,
-    select_positions,
-    to_device,
-)
+from nanoGPT.atomic import atomic_write_json
+from nanoGPT.augment.augmenter import DataAugmenter, to_device
+from nanoGPT.augment.settings import CKPT_PREFIX, AugmentSettings, select_positions
+from nanoGPT.augment.teachers import check_teacher_fits, checkpoint_file, load_teacher
 from nanoGPT.config import TrainConfig
 from nanoGPT.data import Batch, prepare_hint, resolve_data_dir
 from nanoGPT.errors import UserError
+from nanoGPT.runtime import resolve_device
 from nanoGPT.tokenizer import load_tokenizer
 
 CACHE_FORMAT = "nanoGPT-objectives/augment-cache/1"
@@ -124,15 +119,6 @@ def cache_identity(
     }
 
 
-def _write_json(path: str, record: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
@@ -149,12 +135,6 @@ def _train_path(data_dir: str) -> str:
     return path
 
 
-def _device(cfg: TrainConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.device
-
-
 def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
     """Run the teacher over the whole train.bin and write the cache; continue an interrupted
     build with the same settings, replace a cache made with other ones. Returns the .bin path."""
@@ -164,7 +144,7 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
     data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir)
     train_path = _train_path(data_dir)
     tokenizer = load_tokenizer(data_dir)
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     teacher = load_teacher(settings.teacher, device, tokenizer, data_dir)
     check_teacher_fits(teacher, settings, cfg.block_size)
     augmenter = DataAugmenter(teacher, settings, cfg.seed)
@@ -208,7 +188,7 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
         with open(bin_path, "wb") as f:
             f.truncate(file_bytes)
             f.write(np.full(k, pad, dtype).tobytes())  # token 0 is never a target
-        _write_json(json_path, record)
+        atomic_write_json(json_path, record)
 
     all_positions = np.broadcast_to(np.arange(T, dtype=np.int64), (cfg.batch_size, T))
     progress = tqdm(
@@ -241,10 +221,10 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
                 f.flush()
                 os.fsync(f.fileno())
                 record["blocks_done"] = done
-                _write_json(json_path, record)  # after the rows are on disk, never ahead
+                atomic_write_json(json_path, record)  # after the rows are on disk, never ahead
                 last_record = time.monotonic()
     record["complete"] = True
-    _write_json(json_path, record)
+    atomic_write_json(json_path, record)
     print(f"{bin_path}: {num_targets:,} targets x {k} slots ({dtype.name})")
     return bin_path
 

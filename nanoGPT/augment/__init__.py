@@ -1,7 +1,7 @@
 """The augmenter: a teacher LM turns next-token targets into multi-hot targets.
 
-Online (augment_source=online): augmentation/data_augmentation.py runs the teacher on every
-batch. From a cache (augment_source=cache): augmentation/cache.py reads what augment_cache.py
+Online (augment_source=online): nanoGPT/augment/augmenter.py runs the teacher on every
+batch. From a cache (augment_source=cache): nanoGPT/augment/cache.py reads what augment_cache.py
 computed once over train.bin.
 """
 
@@ -11,9 +11,14 @@ from collections.abc import Callable
 
 import torch
 
+from nanoGPT.augment.augmenter import DataAugmenter
+from nanoGPT.augment.cache import open_cache
+from nanoGPT.augment.settings import AugmentSettings
+from nanoGPT.augment.teachers import check_teacher_fits, load_teacher
 from nanoGPT.config import TrainConfig
 from nanoGPT.data import Batch, TokenData
 from nanoGPT.errors import UserError
+from nanoGPT.tokenizer import load_tokenizer
 
 SOURCES = ("online", "cache")
 
@@ -28,14 +33,6 @@ def build_augmenter(
         raise UserError(
             f"augment=True needs a multi-hot variant (sigmoid, bayes_sigmoid), not {cfg.variant!r}"
         )
-    from augmentation.cache import open_cache
-    from augmentation.data_augmentation import (
-        AugmentSettings,
-        DataAugmenter,
-        check_teacher_fits,
-        load_teacher,
-    )
-    from nanoGPT.tokenizer import load_tokenizer
 
     if cfg.augment_source not in SOURCES:
         raise UserError(f"augment_source must be one of {', '.join(SOURCES)}, got {cfg.augment_source!r}")
