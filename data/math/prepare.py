@@ -18,11 +18,7 @@ document), or text files (rows are lines, kept as they are; their own <|endoftex
 separate documents).
 """
 
-import os
-import sys
 from typing import Any
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from nanoGPT.documents import (
     column_texts,

@@ -5,11 +5,6 @@ as shakespeare_char). No meta.pkl: by nanoGPT's convention that means GPT-2 BPE.
 Run from anywhere: python data/shakespeare/prepare.py
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-
 from nanoGPT.prepare import (
     run_prepare,
     script_dir,

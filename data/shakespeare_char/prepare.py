@@ -4,11 +4,6 @@ Writes train.bin, val.bin (uint16 ids; val = the last 10% of the text) and meta.
 character vocabulary). Run from anywhere: python data/shakespeare_char/prepare.py
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-
 from nanoGPT.prepare import (
     run_prepare,
     script_dir,

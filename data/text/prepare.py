@@ -7,11 +7,6 @@ The files are concatenated in the order given (a newline is added after a file t
 end in one); val is the last `val_fraction` of the text, cut at a line start.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-
 from nanoGPT.errors import UserError
 from nanoGPT.prepare import run_prepare, script_dir, split_text, write_text_dataset
 from nanoGPT.tokenizer import CharTokenizer, Tokenizer, gpt2_tokenizer

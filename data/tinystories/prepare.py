@@ -14,11 +14,6 @@ the raw TinyStories-train.txt (rows are lines, kept as they are; its own <|endof
 separate the stories).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-
 from nanoGPT.documents import (
     column_texts,
     make_tokenizer,

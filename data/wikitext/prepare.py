@@ -13,9 +13,6 @@ the .bin files decode to the raw text itself and bits per byte is measured on ex
 """
 
 import os
-import sys
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from nanoGPT.errors import UserError
 from nanoGPT.prepare import (
