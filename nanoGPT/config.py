@@ -102,6 +102,7 @@ class TrainConfig(ModelConfig):
     augment_filter: str = "perplexity"  # perplexity | prob | none
     augment_threshold: float = 100.0  # perplexity filter: keep a candidate below this
     augment_min_prob: float = 0.01  # prob filter: keep a candidate at least this likely
+    train_fraction: float = 1.0  # windows come from this first fraction of train.bin (data-limited runs)
     augment_window: int = 64  # perplexity filter: tokens scored around the position
     augment_positions: str = "one"  # one (random position per sequence) | all | a fraction
     augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)

@@ -62,10 +62,21 @@ class Batch:
 
 
 class TokenData:
-    """Random windows of a split for training, fixed evenly spread windows for evaluation."""
+    """Random windows of a split for training, fixed evenly spread windows for evaluation.
+
+    With train_fraction < 1 only the first train_fraction of train.bin is used (a data-limited
+    regime: several epochs over the prefix within max_iters); every window lies inside it.
+    """
 
     def __init__(
-        self, data_dir: str, block_size: int, batch_size: int, device: str, seed: int = 0, rank: int = 0
+        self,
+        data_dir: str,
+        block_size: int,
+        batch_size: int,
+        device: str,
+        seed: int = 0,
+        rank: int = 0,
+        train_fraction: float = 1.0,
     ):
         self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
         self.device, self.seed, self.rank = device, seed, rank
@@ -78,6 +89,12 @@ class TokenData:
                     f"{self.path(split)} has {self.num_tokens(split)} tokens, "
                     f"not more than block_size={block_size}"
                 )
+        self.train_tokens = int(self.num_tokens("train") * train_fraction)
+        if self.train_tokens <= block_size:
+            raise UserError(
+                f"train_fraction={train_fraction} leaves {self.train_tokens} tokens of "
+                f"{self.path('train')}, not more than block_size={block_size}"
+            )
 
     def path(self, split: str) -> str:
         return os.path.join(self.data_dir, f"{split}.bin")
@@ -129,6 +146,11 @@ class TokenData:
     def num_tokens(self, split: str) -> int:
         return os.path.getsize(self.path(split)) // 2
 
+    def window_tokens(self, split: str) -> int:
+        """How many tokens of `split` windows are drawn from: the train_fraction prefix of train,
+        all of the other splits."""
+        return self.train_tokens if split == "train" else self.num_tokens(split)
+
     def _windows(self, data: np.ndarray, starts: np.ndarray) -> Batch:
         T = self.block_size
         rows = np.stack([data[s : s + T + 1] for s in starts]).astype(np.int64)
@@ -145,13 +167,16 @@ class TokenData:
     def train_batch(self, step: int, micro_step: int = 0, split: str = "train") -> Batch:
         data = self.tokens(split)
         rng = np.random.default_rng([self.seed, self.rank, SPLIT_CODES[split], step, micro_step])
-        starts = rng.integers(0, len(data) - self.block_size - 1, size=self.batch_size)
+        # a window is block_size + 1 tokens (inputs and the next-token targets): the last one
+        # starts at window_tokens - block_size - 1, and integers() excludes its upper bound
+        last_start = self.window_tokens(split) - self.block_size - 1
+        starts = rng.integers(0, last_start + 1, size=self.batch_size)
         return self._windows(data, starts)
 
     def eval_batches(self, split: str, num_batches: int, world_size: int = 1) -> list[np.ndarray]:
         """Start offsets of this rank's share of `num_batches` batches of non-overlapping
         windows spread evenly over the split: the same tokens at every evaluation."""
-        data_len = self.num_tokens(split)
+        data_len = self.window_tokens(split)
         total = num_batches * self.batch_size * world_size
         span = data_len - self.block_size - 1
         window_count = min(total, max(1, span // self.block_size + 1))

@@ -1,4 +1,5 @@
-"""What a run records: JSON lines in <log_dir>/<run>/metrics.jsonl, samples.txt, optional wandb."""
+"""What a run records in <log_dir>/<run>/: train.log (its console output), metrics.jsonl (JSON
+lines), samples.txt, and optionally a wandb run."""
 
 from __future__ import annotations
 
@@ -7,33 +8,69 @@ import json
 import math
 import os
 import re
+import sys
+import time
 
 from nanoGPT.atomic import atomic_write_text
 from nanoGPT.config import TrainConfig
 
 
 class RunLog:
-    """Progress lines on stdout, JSON lines in training_logs/<run>/metrics.jsonl, optional wandb."""
+    """Console lines mirrored to train.log, JSON lines in metrics.jsonl, optional wandb.
+
+    Only rank 0's RunLog is active. Files are created at the first line written, so a run that
+    fails on its configuration leaves nothing behind. Every file is appended to: a resumed run
+    continues them (train.log keeps a run's earlier lines, headed by a line per start).
+    """
 
     def __init__(self, cfg: TrainConfig, active: bool):
         self.active = active
         self.dir = os.path.join(cfg.log_dir, cfg.run_name or os.path.basename(os.path.abspath(cfg.out_dir)))
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.pending_header: str | None = f"=== {started} {cfg.variant}, init_from={cfg.init_from}"
+        self.pending_header += ", eval_only" if cfg.eval_only else ""
         self.wandb = None
-        if not active:
-            return
-        os.makedirs(self.dir, exist_ok=True)
-        if cfg.wandb_log:
-            import wandb  # reads WANDB_API_KEY / WANDB_MODE from the environment only
 
-            self.wandb = wandb.init(
-                project=cfg.wandb_project, name=cfg.wandb_run_name or None, config=dataclasses.asdict(cfg)
-            )
+    def _append(self, name: str, text: str) -> None:
+        if self.pending_header is not None:  # this process's first write: make the folder, head train.log
+            os.makedirs(self.dir, exist_ok=True)
+            header, self.pending_header = self.pending_header, None
+            self._append("train.log", _after_a_cut_line(os.path.join(self.dir, "train.log")) + header + "\n")
+        with open(os.path.join(self.dir, name), "a") as f:
+            f.write(text)
+
+    def print(self, line: str, err: bool = False, console: bool = True) -> None:
+        """`print` for what rank 0 says: on stdout (stderr if `err`) and appended to train.log."""
+        if not self.active:
+            return
+        if console:
+            print(line, file=sys.stderr if err else sys.stdout, flush=True)
+        self._append("train.log", line + "\n")
+
+    def warn(self, line: str) -> None:
+        """A one-line warning on stderr and in train.log."""
+        self.print(f"warning: {line}", err=True)
+
+    def start_wandb(self, cfg: TrainConfig, run_id: str = "") -> str:
+        """Start the wandb run (wandb_log=True) and return its id; given the id of an earlier
+        wandb run (a resumed training run), continue that one instead of starting another."""
+        if not (self.active and cfg.wandb_log):
+            return run_id
+        import wandb  # reads WANDB_API_KEY / WANDB_MODE / WANDB_DIR from the environment only
+
+        self.wandb = wandb.init(
+            project=cfg.wandb_project,
+            name=cfg.wandb_run_name or None,
+            config=dataclasses.asdict(cfg),
+            allow_val_change=True,  # a resumed run may change max_iters, init_from, ...
+            **({"id": run_id, "resume": "allow"} if run_id else {}),
+        )
+        return self.wandb.id
 
     def write(self, record: dict) -> None:
         if not self.active:
             return
-        with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append("metrics.jsonl", json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log(
                 {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["iter"]
@@ -41,8 +78,7 @@ class RunLog:
 
     def sample(self, it: int, text: str) -> None:
         if self.active:
-            with open(os.path.join(self.dir, "samples.txt"), "a") as f:
-                f.write(f"--- iter {it} ---\n{text}\n")
+            self._append("samples.txt", f"--- iter {it} ---\n{text}\n")
 
     def keep_through(self, iter_num: int) -> None:
         """Drop the records and samples of iterations after `iter_num`.
@@ -79,6 +115,16 @@ class RunLog:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+            self.wandb = None
+
+
+def _after_a_cut_line(path: str) -> str:
+    """A newline if the file ends inside a line (its writer was killed mid-line), else ""."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return ""
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return "" if f.read(1) == b"\n" else "\n"
 
 
 def finite_or_none(value: float) -> float | None:

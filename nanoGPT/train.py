@@ -1,7 +1,11 @@
 """The one training loop. Every variant trains here; entry points only pick the variant.
 
-Single process:  python train_baseline.py config/train_baseline_shakespeare_char.py
+Single process:  python train.py config/train_sigmoid_shakespeare_char.py
+                 python train_baseline.py config/train_baseline_shakespeare_char.py
 DDP:             torchrun --standalone --nproc_per_node=8 train_baseline.py CONFIG
+
+`train` reads top to bottom: `check_config`, `setup` (data, model, optimizer, resumed state),
+then `run_loop`, whose iteration is `evaluate_and_log`, `save`, `train_step`, `log_progress`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -29,10 +35,9 @@ from nanoGPT.checkpoint import (
     remove_temp_files,
     save_checkpoint,
     tokenizer_record,
-    warn,
 )
 from nanoGPT.config import TrainConfig, apply_config
-from nanoGPT.data import TokenData, resolve_data_dir, vocabulary_name
+from nanoGPT.data import Batch, TokenData, resolve_data_dir, vocabulary_name
 from nanoGPT.errors import UserError, cli
 from nanoGPT.evaluate import evaluate
 from nanoGPT.model import GPT
@@ -40,7 +45,7 @@ from nanoGPT.progressive import stage_at
 from nanoGPT.runlog import RunLog, finite_or_none
 from nanoGPT.runtime import Runtime, seeded, setup_runtime
 from nanoGPT.sampling import generate
-from nanoGPT.tokenizer import load_tokenizer
+from nanoGPT.tokenizer import Tokenizer, load_tokenizer
 
 
 def learning_rate(cfg: TrainConfig, it: int) -> float:
@@ -76,7 +81,126 @@ def build_optimizer(model: GPT, cfg: TrainConfig, device_type: str) -> torch.opt
     )
 
 
-def resume_checkpoint(cfg: TrainConfig, rt: Runtime) -> tuple[str | None, dict | None]:
+# --- the state the loop carries -----------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """What the loop carries from one iteration to the next.
+
+    The first group is saved in every checkpoint (`state_dict`), so a resumed run continues
+    exactly; the second is this process's bookkeeping, started anew on resume.
+    """
+
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    bad_steps: int = 0  # updates skipped for a non-finite loss or gradient, in all
+    bad_in_a_row: int = 0
+    good_since_log: int = 0  # updates whose losses loss_sum holds
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # this rank's
+    wandb_id: str = ""  # the wandb run a resumed run continues
+
+    resumed_at: int = -1  # the iteration resumed from: evaluated, sampled and saved before
+    last_metrics: dict = field(default_factory=dict)
+    t_last: float = 0.0  # when the last progress line was printed
+    timed_iters: int = 0  # iterations since then
+    last_save_time: float = 0.0
+    save_due_by_time: bool = False
+
+    def state_dict(self, loss_sums: list[float]) -> dict:
+        """The checkpoint's iter_num, best_val_loss and run_state entries (`loss_sums`: every
+        rank's loss_sum, in rank order)."""
+        return {
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "run_state": {
+                "loss_sum": loss_sums,
+                "good_since_log": self.good_since_log,
+                "bad_steps": self.bad_steps,
+                "bad_in_a_row": self.bad_in_a_row,
+                "wandb_id": self.wandb_id,
+            },
+        }
+
+    def load_state_dict(self, ckpt: dict, rank: int) -> None:
+        """Continue from a checkpoint (one of any age: missing run_state entries start at zero)."""
+        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        saved = ckpt.get("run_state") or {}
+        self.bad_steps = saved.get("bad_steps", 0)
+        self.bad_in_a_row = saved.get("bad_in_a_row", 0)
+        self.good_since_log = saved.get("good_since_log", 0)
+        self.wandb_id = saved.get("wandb_id", "")
+        sums = saved.get("loss_sum") or [0.0]
+        self.loss_sum = torch.tensor(sums[rank % len(sums)], device=self.loss_sum.device)
+
+
+@dataclass
+class Training:
+    """What `setup` builds and the loop uses."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    data: TokenData
+    tokenizer: Tokenizer
+    token_bytes: torch.Tensor  # bytes per token id, for bits per byte
+    raw_model: GPT
+    model: torch.nn.Module  # raw_model, compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    augmenter: Callable[[Batch], torch.Tensor] | None
+    log: RunLog
+    accum_steps: int  # micro-steps per iteration on this process
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.accum_steps * self.rt.world_size * self.cfg.batch_size * self.cfg.block_size
+
+
+@dataclass
+class Step:
+    """What one iteration's update leaves for its progress line."""
+
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    stats: dict
+
+
+# --- setup --------------------------------------------------------------------------------
+
+
+def check_config(cfg: TrainConfig, rt: Runtime) -> None:
+    """UserError for a setting the loop cannot run with, before anything is loaded or written."""
+    if cfg.gradient_accumulation_steps % rt.world_size:
+        raise UserError(
+            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
+            f"multiple of the number of processes ({rt.world_size})"
+        )
+    if cfg.eval_split not in ("val", "test"):
+        raise UserError(f"eval_split must be val or test, got {cfg.eval_split!r}")
+    for key in ("checkpoint_interval", "checkpoint_minutes", "max_bad_steps"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.keep_checkpoints < 1:
+        raise UserError(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
+    if not 0 < cfg.train_fraction <= 1:
+        raise UserError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
+
+
+def load_data(cfg: TrainConfig, rt: Runtime) -> tuple[TokenData, Tokenizer]:
+    """The token files and their tokenizer, checked against each other."""
+    data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir)
+    data = TokenData(
+        data_dir, cfg.block_size, cfg.batch_size, rt.device, cfg.seed, rt.rank, cfg.train_fraction
+    )
+    if not data.has_split(cfg.eval_split):
+        raise UserError(f"{data.path(cfg.eval_split)} not found: no held-out {cfg.eval_split} split")
+    tokenizer = load_tokenizer(data_dir)
+    data.check_token_ids(tokenizer.vocab_size, vocabulary_name(tokenizer, data_dir))
+    return data, tokenizer
+
+
+def resume_checkpoint(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[str | None, dict | None]:
     """(path, checkpoint) to resume from for init_from=resume|auto, else (None, None).
 
     Rank 0 picks the newest valid checkpoint and every rank loads that same file.
@@ -85,7 +209,7 @@ def resume_checkpoint(cfg: TrainConfig, rt: Runtime) -> tuple[str | None, dict |
         return None, None
     found = None
     if rt.master:
-        found = find_resume_checkpoint(cfg.out_dir, report=warn, set_aside=True)
+        found = find_resume_checkpoint(cfg.out_dir, report=log.warn, set_aside=True)
     path = found[0] if found else None
     if rt.ddp:
         chosen = [path]
@@ -99,12 +223,11 @@ def resume_checkpoint(cfg: TrainConfig, rt: Runtime) -> tuple[str | None, dict |
             )
         return None, None
     ckpt = found[1] if found else load_checkpoint(path)
-    if rt.master:
-        print(f"resuming from {path} (iteration {ckpt['iter_num']})")
+    log.print(f"resuming from {path} (iteration {ckpt['iter_num']})")
     return path, ckpt
 
 
-def move_aside_earlier_run(out_dir: str) -> None:
+def move_aside_earlier_run(out_dir: str, say: Callable[[str], None] = print) -> None:
     """A fresh run in an out_dir that holds another run's checkpoints moves them into a
     subfolder: init_from=auto would otherwise resume the newer-numbered old ones."""
     if not list_checkpoints(out_dir):
@@ -114,7 +237,7 @@ def move_aside_earlier_run(out_dir: str) -> None:
     for name in os.listdir(out_dir):
         if name.startswith("ckpt") or name.startswith("best.pt"):
             os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
-    print(f"{out_dir} held the checkpoints of an earlier run; moved them to {aside}")
+    say(f"{out_dir} held the checkpoints of an earlier run; moved them to {aside}")
 
 
 def nan_injected(cfg: TrainConfig, it: int) -> bool:
@@ -124,7 +247,8 @@ def nan_injected(cfg: TrainConfig, it: int) -> bool:
 
 
 def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: int, ckpt: dict | None = None):
-    """The model (from `ckpt` when resuming) and that checkpoint."""
+    """The model (from `ckpt` when resuming) and that checkpoint. `train_tokens`, the tokens
+    trained on (one epoch), is the Bayesian ELBO's N unless kl_num_tokens sets it."""
     cfg_model = cfg.model_args()
     if cfg_model.kl_num_tokens == 0:
         cfg_model = dataclasses.replace(cfg_model, kl_num_tokens=train_tokens)
@@ -145,305 +269,366 @@ def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: i
     return model, None
 
 
+def restore(state: RunState, ckpt: dict, cfg: TrainConfig, rt: Runtime) -> None:
+    """The loop's state and this rank's RNG streams (dropout, ...) as the checkpoint left them."""
+    state.load_state_dict(ckpt, rt.rank)
+    if state.bad_in_a_row > cfg.max_bad_steps:
+        state.bad_in_a_row = 0  # the run stopped for bad steps and is deliberately resumed: count anew
+    torch.set_rng_state(ckpt["rng"]["torch"][rt.rank % len(ckpt["rng"]["torch"])])
+    if rt.device_type == "cuda" and ckpt["rng"].get("cuda"):
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rt.rank % len(ckpt["rng"]["cuda"])])
+
+
+def wrap_model(model: GPT, cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
+    """torch.compile (compile=True) and the DDP wrapper (under torchrun)."""
+    wrapped = torch.compile(model) if cfg.compile else model
+    if rt.ddp:
+        # progressive diverging leaves the blocks a stage does not use without a gradient
+        wrapped = DDP(
+            wrapped,
+            device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
+            find_unused_parameters=bool(model.config.progressive_group),
+        )
+    return wrapped
+
+
+def setup(cfg: TrainConfig, rt: Runtime) -> tuple[Training, RunState]:
+    """Data, tokenizer, model, optimizer, the resumed state and RNG, the DDP wrap, the augmenter."""
+    torch.manual_seed(cfg.seed + rt.rank)
+    data, tokenizer = load_data(cfg, rt)
+    log = RunLog(cfg, rt.master)
+    if rt.master:
+        remove_temp_files(cfg.out_dir)  # left by a save that was killed
+        if cfg.init_from not in ("resume", "auto") and not cfg.eval_only:
+            move_aside_earlier_run(cfg.out_dir, log.print)
+    resumed_from, ckpt = resume_checkpoint(cfg, rt, log)
+    if ckpt is not None:
+        check_tokenizer(ckpt, tokenizer, data.data_dir)
+    model, ckpt = create_model(cfg, rt, tokenizer.vocab_size, data.window_tokens("train"), ckpt)
+    if model.config.block_size < cfg.block_size:
+        raise UserError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
+    model.to(rt.device)
+    optimizer = build_optimizer(model, cfg, rt.device_type)
+    state = RunState(loss_sum=torch.zeros((), device=rt.device))
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        restore(state, ckpt, cfg, rt)
+        ckpt = None  # free the memory
+    state.resumed_at = state.iter_num if resumed_from else -1
+    # extra positive targets from a teacher LM, for the multi-hot variants (None otherwise)
+    augmenter = None if cfg.eval_only else build_augmenter(cfg, model, data, rt.device)
+    training = Training(
+        cfg=cfg,
+        rt=rt,
+        data=data,
+        tokenizer=tokenizer,
+        token_bytes=torch.as_tensor(tokenizer.token_byte_lengths(), dtype=torch.long, device=rt.device),
+        raw_model=model,
+        model=wrap_model(model, cfg, rt),
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(rt.device_type, enabled=rt.ptdtype == torch.float16),
+        augmenter=augmenter,
+        log=log,
+        accum_steps=cfg.gradient_accumulation_steps // rt.world_size,
+    )
+    if cfg.init_from in ("resume", "auto") and not cfg.eval_only:  # the log continues where the weights do
+        log.keep_through(state.resumed_at)
+    state.wandb_id = log.start_wandb(cfg, state.wandb_id)
+    log.print(
+        f"{cfg.variant}: {model.num_params() / 1e6:.2f}M parameters, "
+        f"{training.tokens_per_iter} tokens/iter, device {rt.device}, {rt.ptdtype}, "
+        f"{rt.world_size} process(es), data {data.data_dir}"
+        + (f" (first {data.train_tokens} train tokens)" if cfg.train_fraction < 1 else "")
+    )
+    return training, state
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
     rt = setup_runtime(cfg)
     try:
-        return _train(cfg, rt)
+        check_config(cfg, rt)
+        training, state = setup(cfg, rt)
+        try:
+            return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
+        finally:
+            training.log.close()
     finally:
         if rt.ddp and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, rt: Runtime) -> dict:
-    if cfg.gradient_accumulation_steps % rt.world_size:
-        raise UserError(
-            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
-            f"multiple of the number of processes ({rt.world_size})"
-        )
-    if cfg.eval_split not in ("val", "test"):
-        raise UserError(f"eval_split must be val or test, got {cfg.eval_split!r}")
-    for key in ("checkpoint_interval", "checkpoint_minutes", "max_bad_steps"):
-        if getattr(cfg, key) < 0:
-            raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.keep_checkpoints < 1:
-        raise UserError(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
-    accum_steps = cfg.gradient_accumulation_steps // rt.world_size
-    torch.manual_seed(cfg.seed + rt.rank)
-    data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir)
-    data = TokenData(data_dir, cfg.block_size, cfg.batch_size, rt.device, cfg.seed, rt.rank)
-    if not data.has_split(cfg.eval_split):
-        raise UserError(f"{data.path(cfg.eval_split)} not found: no held-out {cfg.eval_split} split")
-    tokenizer = load_tokenizer(data_dir)
-    data.check_token_ids(tokenizer.vocab_size, vocabulary_name(tokenizer, data_dir))
-    token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), dtype=torch.long, device=rt.device)
+def enter_stage(training: Training, state: RunState) -> None:
+    """Progressive diverging (nanoGPT/progressive.py): enter this iteration's stage before
+    evaluating or stepping, so a resumed run switches where an uninterrupted one did."""
+    model = training.raw_model
+    model.set_progressive_stage(stage_at(model.config, state.iter_num, training.cfg.max_iters))
 
-    if rt.master:
-        remove_temp_files(cfg.out_dir)  # left by a save that was killed
-        if cfg.init_from not in ("resume", "auto") and not cfg.eval_only:
-            move_aside_earlier_run(cfg.out_dir)
-    resumed_from, ckpt = resume_checkpoint(cfg, rt)
-    if ckpt is not None:
-        check_tokenizer(ckpt, tokenizer, data_dir)
-    model, ckpt = create_model(cfg, rt, tokenizer.vocab_size, data.num_tokens("train"), ckpt)
-    if model.config.block_size < cfg.block_size:
-        raise UserError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
-    model.to(rt.device)
-    optimizer = build_optimizer(model, cfg, rt.device_type)
-    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.ptdtype == torch.float16)
-    iter_num, best_val_loss = 0, float("inf")
-    run_state: dict = {}  # the loss accumulator and bad-step counts, for an exact resume
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        torch.set_rng_state(ckpt["rng"]["torch"][rt.rank % len(ckpt["rng"]["torch"])])
-        if rt.device_type == "cuda" and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rt.rank % len(ckpt["rng"]["cuda"])])
-        run_state = ckpt.get("run_state", {})
-        ckpt = None  # free the memory
-    bad_steps = run_state.get("bad_steps", 0)
-    bad_in_a_row = run_state.get("bad_in_a_row", 0)
-    if bad_in_a_row > cfg.max_bad_steps:
-        bad_in_a_row = 0  # the run stopped for bad steps and is deliberately resumed: count anew
-    good_since_log = run_state.get("good_since_log", 0)
-    saved_sums = run_state.get("loss_sum") or [0.0]
-    loss_sum = torch.tensor(saved_sums[rt.rank % len(saved_sums)], device=rt.device)
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if rt.ddp:
-        # progressive diverging leaves the blocks a stage does not use without a gradient
-        model = DDP(
-            model,
-            device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
-            find_unused_parameters=bool(raw_model.config.progressive_group),
-        )
 
-    # extra positive targets from a teacher LM, for the multi-hot variants (None otherwise)
-    augmenter = build_augmenter(cfg, raw_model, data, rt.device)
-    log = RunLog(cfg, rt.master)
-    if cfg.init_from in ("resume", "auto"):  # the log continues from where the weights do
-        log.keep_through(iter_num if resumed_from else -1)
-    tokens_per_iter = accum_steps * rt.world_size * cfg.batch_size * cfg.block_size
-    if rt.master:
-        print(
-            f"{cfg.variant}: {raw_model.num_params() / 1e6:.2f}M parameters, "
-            f"{tokens_per_iter} tokens/iter, device {rt.device}, {rt.ptdtype}, "
-            f"{rt.world_size} process(es), data {data_dir}"
-        )
+def evaluate_once(training: Training, state: RunState) -> dict:
+    """eval_only: evaluate the loaded model at its iteration and stop; nothing trains or saves."""
+    enter_stage(training, state)
+    report_eval(training, state)
+    return state.last_metrics
 
-    def run_eval() -> dict:
-        results = {}
-        for split in ("train", cfg.eval_split):
-            metrics = evaluate(
-                raw_model,
-                data,
-                split,
-                cfg.eval_iters,
-                token_bytes,
-                rt.autocast(),
-                rt.world_size,
-                seed=cfg.seed,
-            )
-            results.update({f"{split}/{k}": v for k, v in metrics.items()})
-        if rt.ddp:  # ranks must hold identical weights; a non-zero spread means a sync bug
-            checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum()
-            gathered = [torch.zeros_like(checksum) for _ in range(rt.world_size)]
-            dist.all_gather(gathered, checksum)
-            results["ddp/param_spread"] = (max(gathered) - min(gathered)).item()
-        return results
 
-    def save(best: bool) -> None:
-        """Checkpoint this iteration (every rank calls it: the RNG states are gathered)."""
-        mine = {
-            "torch": torch.get_rng_state(),
-            "loss_sum": loss_sum.item(),
-            "cuda": torch.cuda.get_rng_state() if rt.device_type == "cuda" else None,
-        }
-        gathered: list = [mine]
-        if rt.ddp:  # each rank's dropout stream and loss sum, so every rank resumes its own
-            gathered = [None] * rt.world_size
-            dist.all_gather_object(gathered, mine)
-        if not rt.master:
-            return
-        rng = {
-            "torch": [g["torch"] for g in gathered],
-            "cuda": [g["cuda"] for g in gathered if g["cuda"] is not None],
-        }
-        run_state = {
-            "loss_sum": [g["loss_sum"] for g in gathered],
-            "good_since_log": good_since_log,
-            "bad_steps": bad_steps,
-            "bad_in_a_row": bad_in_a_row,
-        }
-        save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "variant": cfg.variant,
-                "model_args": dataclasses.asdict(raw_model.config),
-                "config": dataclasses.asdict(cfg),
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iter_num": iter_num,
-                "best_val_loss": best_val_loss,
-                "rng": rng,
-                "run_state": run_state,
-                "tokenizer": tokenizer_record(tokenizer),
-            },
-            cfg.out_dir,
-            iter_num,
-            best=best,
-            keep=cfg.keep_checkpoints,
-            pause_s=cfg.debug_save_pause_s,
-        )
-
-    last_metrics: dict = {}
-    # the checkpoint's iteration was evaluated, sampled and saved before; not again
-    resumed_at = iter_num if resumed_from else -1
-    t_last = last_save_time = time.time()
-    timed_iters = 0
-    save_due_by_time = False
+def run_loop(training: Training, state: RunState) -> dict:
+    """Evaluate, checkpoint and step until max_iters; the last evaluation's metrics."""
+    cfg = training.cfg
+    state.t_last = state.last_save_time = time.time()
     while True:
-        # progressive diverging (nanoGPT/progressive.py): enter this iteration's stage before
-        # evaluating or stepping, so a resumed run switches where an uninterrupted one did
-        raw_model.set_progressive_stage(stage_at(raw_model.config, iter_num, cfg.max_iters))
-        at_end = iter_num >= cfg.max_iters
-        stopping = bad_in_a_row > cfg.max_bad_steps
-        fresh = iter_num != resumed_at or cfg.eval_only
+        enter_stage(training, state)
+        at_end = state.iter_num >= cfg.max_iters
+        stopping = state.bad_in_a_row > cfg.max_bad_steps
+        fresh = state.iter_num != state.resumed_at
         evaluated = improved = False
-        if (iter_num % cfg.eval_interval == 0 or at_end) and fresh and not stopping:
-            last_metrics = run_eval()
-            val_loss = last_metrics[f"{cfg.eval_split}/nll"]
-            if rt.master:
-                print(
-                    f"step {iter_num}: train nll {last_metrics['train/nll']:.4f}, "
-                    f"{cfg.eval_split} nll {val_loss:.4f} (ppl {math.exp(val_loss):.2f}, "
-                    f"acc {last_metrics[f'{cfg.eval_split}/acc']:.3f}, "
-                    f"ece {last_metrics[f'{cfg.eval_split}/ece']:.3f})"
-                )
-            log.write({"iter": iter_num, "kind": "eval", **last_metrics})
-            if cfg.eval_only:
-                break
-            evaluated, improved = True, val_loss < best_val_loss
-            best_val_loss = min(best_val_loss, val_loss)
-            if cfg.sample_interval and iter_num % cfg.sample_interval == 0 and rt.master:
-                log.sample(iter_num, sample_text(raw_model, tokenizer, cfg, rt))
-        by_interval = cfg.checkpoint_interval > 0 and iter_num % cfg.checkpoint_interval == 0
-        if fresh and (iter_num > 0 or at_end) and (evaluated or by_interval or save_due_by_time or stopping):
-            save(best=improved)
-            last_save_time, save_due_by_time = time.time(), False
+        if (state.iter_num % cfg.eval_interval == 0 or at_end) and fresh and not stopping:
+            evaluated, improved = True, evaluate_and_log(training, state)
+        by_interval = cfg.checkpoint_interval > 0 and state.iter_num % cfg.checkpoint_interval == 0
+        due = evaluated or by_interval or state.save_due_by_time or stopping
+        if fresh and (state.iter_num > 0 or at_end) and due:
+            save(training, state, best=improved)
+            state.last_save_time, state.save_due_by_time = time.time(), False
         if stopping:
-            message = (
-                f"{bad_in_a_row} updates in a row were skipped for a non-finite loss or "
-                f"gradient (more than max_bad_steps={cfg.max_bad_steps}); stopped at "
-                f"iteration {iter_num} with the last good state saved in "
-                f"{numbered_checkpoint_path(cfg.out_dir, iter_num)}: lower learning_rate, "
-                "lengthen warmup_iters or check the data, then rerun with init_from=auto"
-            )
-            log.write({"iter": iter_num, "kind": "stopped", "reason": message})
-            log.close()
-            raise UserError(message)
+            stop_for_bad_steps(training, state)
         if at_end:
-            break
+            return state.last_metrics
+        step = train_step(training, state)
+        if state.iter_num % cfg.log_interval == 0:
+            log_progress(training, state, step)
 
-        lr = learning_rate(cfg, iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=rt.device)
-        for micro_step in range(accum_steps):
-            batch = data.train_batch(iter_num, micro_step)
-            extra_positives = augmenter(batch) if augmenter is not None else None
-            last_micro = micro_step == accum_steps - 1
-            sync = contextlib.nullcontext() if last_micro or not rt.ddp else model.no_sync()
-            with sync:
-                with rt.autocast():
-                    loss, stats = model(batch.x, batch.y, extra_positives)
-                if nan_injected(cfg, iter_num):
-                    loss = loss * float("nan")
-                step_loss += loss.detach() / accum_steps
-                scaler.scale(loss / accum_steps).backward()
-        scaler.unscale_(optimizer)  # a no-op unless fp16 loss scaling is on
-        if cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in raw_model.parameters() if p.grad is not None]
-            )
-        # A non-finite loss or gradient skips the update. With fp16 loss scaling an inf
-        # gradient is the scaler's business: it skips that step itself and lowers the scale.
-        bad_here = ~torch.isfinite(step_loss)
-        if not scaler.is_enabled():
-            bad_here |= ~torch.isfinite(grad_norm)
-        time_due = rt.master and 0 < cfg.checkpoint_minutes * 60 <= time.time() - last_save_time
-        flags = torch.stack([bad_here.float(), step_loss.new_tensor(float(time_due))])
-        if rt.ddp:  # all ranks skip together, and save together (rank 0's clock decides)
-            dist.all_reduce(flags)
-        bad, save_due_by_time = (flags > 0).tolist()
-        if bad:  # the iteration still counts: its batch and learning rate are used up
-            optimizer.zero_grad(set_to_none=True)
-            scaler.update()
-            bad_steps += 1
-            bad_in_a_row += 1
-            if rt.master:
-                print(
-                    f"iter {iter_num + 1}: update skipped: loss {step_loss.item():.4g}, grad norm "
-                    f"{grad_norm.item():.4g} ({bad_in_a_row} in a row, {bad_steps} in all)",
-                    flush=True,
-                )
-            log.write(
-                {
-                    "iter": iter_num + 1,
-                    "kind": "bad_step",
-                    "loss": finite_or_none(step_loss.item()),
-                    "grad_norm": finite_or_none(grad_norm.item()),
-                    "in_a_row": bad_in_a_row,
-                    "bad_steps": bad_steps,
-                }
-            )
-        else:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_loss
-            good_since_log += 1
-            bad_in_a_row = 0
-        iter_num += 1
-        timed_iters += 1
 
-        if iter_num % cfg.log_interval == 0:
-            if rt.ddp:
-                dist.all_reduce(loss_sum)
-                loss_sum /= rt.world_size
-            # the mean over the updates made since the last line (skipped ones have no loss)
-            train_loss = loss_sum.item() / good_since_log if good_since_log else None
-            dt = (time.time() - t_last) / max(1, timed_iters)
-            tokens_per_s = tokens_per_iter / dt
-            record = {
-                "iter": iter_num,
-                "kind": "train",
-                "loss": train_loss,
-                "lr": lr,
-                "ms_per_iter": dt * 1000,
-                "tokens_per_s": tokens_per_s,
-                "grad_norm": finite_or_none(grad_norm.item()),
-                "bad_steps": bad_steps,
-                **{k: finite_or_none(v.item()) for k, v in stats.items()},
-            }
-            shown = "-" if train_loss is None else f"{train_loss:.4f}"
-            line = (
-                f"iter {iter_num}: loss {shown}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                f"{tokens_per_s / 1000:.1f}k tok/s"
-            )
-            if rt.device_type == "cuda":
-                record["mfu"] = raw_model.flops_per_token() * tokens_per_s / rt.world_size / cfg.peak_flops
-                line += f", mfu {record['mfu'] * 100:.1f}%"
-            if rt.master:
-                print(line, flush=True)
-            log.write(record)
-            loss_sum.zero_()
-            t_last, good_since_log, timed_iters = time.time(), 0, 0
-    log.close()
-    return last_metrics
+# --- evaluation and checkpoints -----------------------------------------------------------
+
+
+def run_eval(training: Training) -> dict:
+    """Metrics on the training split and the held-out one, and the DDP weight check."""
+    cfg, rt, model = training.cfg, training.rt, training.raw_model
+    results = {}
+    for split in ("train", cfg.eval_split):
+        metrics = evaluate(
+            model,
+            training.data,
+            split,
+            cfg.eval_iters,
+            training.token_bytes,
+            rt.autocast(),
+            rt.world_size,
+            seed=cfg.seed,
+        )
+        results.update({f"{split}/{k}": v for k, v in metrics.items()})
+    if rt.ddp:  # ranks must hold identical weights; a non-zero spread means a sync bug
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+        gathered = [torch.zeros_like(checksum) for _ in range(rt.world_size)]
+        dist.all_gather(gathered, checksum)
+        results["ddp/param_spread"] = (max(gathered) - min(gathered)).item()
+    return results
+
+
+def report_eval(training: Training, state: RunState) -> float:
+    """Evaluate at this iteration, print its line and log its record; the held-out NLL."""
+    cfg = training.cfg
+    metrics = state.last_metrics = run_eval(training)
+    val_loss = metrics[f"{cfg.eval_split}/nll"]
+    training.log.print(
+        f"step {state.iter_num}: train nll {metrics['train/nll']:.4f}, "
+        f"{cfg.eval_split} nll {val_loss:.4f} (ppl {math.exp(val_loss):.2f}, "
+        f"acc {metrics[f'{cfg.eval_split}/acc']:.3f}, "
+        f"ece {metrics[f'{cfg.eval_split}/ece']:.3f})"
+    )
+    training.log.write({"iter": state.iter_num, "kind": "eval", **metrics})
+    return val_loss
+
+
+def evaluate_and_log(training: Training, state: RunState) -> bool:
+    """A scheduled evaluation: report it, track the best, maybe sample. Did it improve?"""
+    cfg, rt = training.cfg, training.rt
+    val_loss = report_eval(training, state)
+    improved = val_loss < state.best_val_loss
+    state.best_val_loss = min(state.best_val_loss, val_loss)
+    if cfg.sample_interval and state.iter_num % cfg.sample_interval == 0 and rt.master:
+        training.log.sample(state.iter_num, sample_text(training.raw_model, training.tokenizer, cfg, rt))
+    return improved
+
+
+def save(training: Training, state: RunState, best: bool) -> None:
+    """Checkpoint this iteration (every rank calls it: the RNG states are gathered)."""
+    cfg, rt, model = training.cfg, training.rt, training.raw_model
+    mine = {
+        "torch": torch.get_rng_state(),
+        "loss_sum": state.loss_sum.item(),
+        "cuda": torch.cuda.get_rng_state() if rt.device_type == "cuda" else None,
+    }
+    gathered: list = [mine]
+    if rt.ddp:  # each rank's dropout stream and loss sum, so every rank resumes its own
+        gathered = [None] * rt.world_size
+        dist.all_gather_object(gathered, mine)
+    if not rt.master:
+        return
+    rng = {
+        "torch": [g["torch"] for g in gathered],
+        "cuda": [g["cuda"] for g in gathered if g["cuda"] is not None],
+    }
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "variant": cfg.variant,
+        "model_args": dataclasses.asdict(model.config),
+        "config": dataclasses.asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        **state.state_dict([g["loss_sum"] for g in gathered]),
+        "rng": rng,
+        "tokenizer": tokenizer_record(training.tokenizer),
+    }
+    save_checkpoint(
+        checkpoint,
+        cfg.out_dir,
+        state.iter_num,
+        best=best,
+        keep=cfg.keep_checkpoints,
+        pause_s=cfg.debug_save_pause_s,
+    )
+
+
+def stop_for_bad_steps(training: Training, state: RunState) -> None:
+    """Too many updates in a row were skipped: log why and stop with a UserError."""
+    cfg = training.cfg
+    message = (
+        f"{state.bad_in_a_row} updates in a row were skipped for a non-finite loss or "
+        f"gradient (more than max_bad_steps={cfg.max_bad_steps}); stopped at "
+        f"iteration {state.iter_num} with the last good state saved in "
+        f"{numbered_checkpoint_path(cfg.out_dir, state.iter_num)}: lower learning_rate, "
+        "lengthen warmup_iters or check the data, then rerun with init_from=auto"
+    )
+    training.log.write({"iter": state.iter_num, "kind": "stopped", "reason": message})
+    training.log.print(f"error: {message}", console=False)  # the console gets it from the UserError
+    raise UserError(message)
+
+
+# --- one update ---------------------------------------------------------------------------
+
+
+def train_step(training: Training, state: RunState) -> Step:
+    """One update from accum_steps micro-batches, clipped; skipped if its loss or gradient is
+    not finite (the iteration still counts: its batches and learning rate are used up)."""
+    cfg, rt, optimizer, scaler = training.cfg, training.rt, training.optimizer, training.scaler
+    lr = learning_rate(cfg, state.iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    step_loss = torch.zeros((), device=rt.device)
+    for micro_step in range(training.accum_steps):
+        batch = training.data.train_batch(state.iter_num, micro_step)
+        extra_positives = training.augmenter(batch) if training.augmenter is not None else None
+        last_micro = micro_step == training.accum_steps - 1
+        # DDP all-reduces the gradients at the last micro-step only
+        sync = contextlib.nullcontext() if last_micro or not rt.ddp else training.model.no_sync()
+        with sync:
+            with rt.autocast():
+                loss, stats = training.model(batch.x, batch.y, extra_positives)
+            if nan_injected(cfg, state.iter_num):
+                loss = loss * float("nan")
+            step_loss += loss.detach() / training.accum_steps
+            scaler.scale(loss / training.accum_steps).backward()
+    scaler.unscale_(optimizer)  # a no-op unless fp16 loss scaling is on
+    params = training.raw_model.parameters()
+    if cfg.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    step = Step(lr, step_loss, grad_norm, stats)
+    if step_is_bad(training, state, step):
+        skip_update(training, state, step)
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.loss_sum += step_loss
+        state.good_since_log += 1
+        state.bad_in_a_row = 0
+    state.iter_num += 1
+    state.timed_iters += 1
+    return step
+
+
+def step_is_bad(training: Training, state: RunState, step: Step) -> bool:
+    """Is the update to be skipped, for a non-finite loss or gradient on any rank? Also sets
+    save_due_by_time from rank 0's clock (checkpoint_minutes): ranks skip and save together."""
+    cfg, rt = training.cfg, training.rt
+    # With fp16 loss scaling an inf gradient is the scaler's business: it skips that step
+    # itself and lowers the scale.
+    bad_here = ~torch.isfinite(step.loss)
+    if not training.scaler.is_enabled():
+        bad_here |= ~torch.isfinite(step.grad_norm)
+    time_due = rt.master and 0 < cfg.checkpoint_minutes * 60 <= time.time() - state.last_save_time
+    flags = torch.stack([bad_here.float(), step.loss.new_tensor(float(time_due))])
+    if rt.ddp:
+        dist.all_reduce(flags)
+    bad, state.save_due_by_time = (flags > 0).tolist()
+    return bad
+
+
+def skip_update(training: Training, state: RunState, step: Step) -> None:
+    """Drop this iteration's gradient, count and report the skipped update."""
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scaler.update()
+    state.bad_steps += 1
+    state.bad_in_a_row += 1
+    training.log.print(
+        f"iter {state.iter_num + 1}: update skipped: loss {step.loss.item():.4g}, grad norm "
+        f"{step.grad_norm.item():.4g} ({state.bad_in_a_row} in a row, {state.bad_steps} in all)"
+    )
+    training.log.write(
+        {
+            "iter": state.iter_num + 1,
+            "kind": "bad_step",
+            "loss": finite_or_none(step.loss.item()),
+            "grad_norm": finite_or_none(step.grad_norm.item()),
+            "in_a_row": state.bad_in_a_row,
+            "bad_steps": state.bad_steps,
+        }
+    )
+
+
+def log_progress(training: Training, state: RunState, step: Step) -> None:
+    """The progress line and train record: mean loss since the last one, speed, MFU on CUDA."""
+    cfg, rt = training.cfg, training.rt
+    if rt.ddp:
+        dist.all_reduce(state.loss_sum)
+        state.loss_sum /= rt.world_size
+    # the mean over the updates made since the last line (skipped ones have no loss)
+    train_loss = state.loss_sum.item() / state.good_since_log if state.good_since_log else None
+    dt = (time.time() - state.t_last) / max(1, state.timed_iters)
+    tokens_per_s = training.tokens_per_iter / dt
+    record = {
+        "iter": state.iter_num,
+        "kind": "train",
+        "loss": train_loss,
+        "lr": step.lr,
+        "ms_per_iter": dt * 1000,
+        "tokens_per_s": tokens_per_s,
+        "grad_norm": finite_or_none(step.grad_norm.item()),
+        "bad_steps": state.bad_steps,
+        **{k: finite_or_none(v.item()) for k, v in step.stats.items()},
+    }
+    shown = "-" if train_loss is None else f"{train_loss:.4f}"
+    line = (
+        f"iter {state.iter_num}: loss {shown}, lr {step.lr:.2e}, {dt * 1000:.1f} ms/iter, "
+        f"{tokens_per_s / 1000:.1f}k tok/s"
+    )
+    if rt.device_type == "cuda":
+        flops = training.raw_model.flops_per_token() * tokens_per_s / rt.world_size
+        record["mfu"] = flops / cfg.peak_flops
+        line += f", mfu {record['mfu'] * 100:.1f}%"
+    training.log.print(line)
+    training.log.write(record)
+    state.loss_sum.zero_()
+    state.t_last, state.good_since_log, state.timed_iters = time.time(), 0, 0
+
+
+# --- sampling and the entry point ---------------------------------------------------------
 
 
 def sample_text(model: GPT, tokenizer, cfg: TrainConfig, rt: Runtime) -> str:
@@ -459,12 +644,15 @@ def sample_text(model: GPT, tokenizer, cfg: TrainConfig, rt: Runtime) -> str:
 
 
 @cli
-def main(variant: str, argv: list[str] | None = None) -> dict:
-    """Entry point of train_<variant>.py: the variant is fixed, everything else configurable."""
-    cfg = apply_config(TrainConfig(variant=variant), sys.argv[1:] if argv is None else argv)
-    if cfg.variant != variant:
+def main(variant: str | None = None, argv: list[str] | None = None) -> dict:
+    """Entry point of train.py (variant=None: the config or --variant= picks it, baseline by
+    default) and of train_<variant>.py (the variant is fixed: a config asking for another is
+    refused)."""
+    base = TrainConfig() if variant is None else TrainConfig(variant=variant)
+    cfg = apply_config(base, sys.argv[1:] if argv is None else argv)
+    if variant is not None and cfg.variant != variant:
         raise UserError(
             f"this entry point trains variant {variant!r}, the config asks for "
-            f"{cfg.variant!r}: use train_{cfg.variant}.py"
+            f"{cfg.variant!r}: use train_{cfg.variant}.py or train.py"
         )
     return train(cfg)

@@ -3,19 +3,31 @@
 import dataclasses
 import json
 import os
+import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import nanoGPT.checkpoint as checkpoint
 from nanoGPT.checkpoint import load_checkpoint, load_model
+from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
-from nanoGPT.train import learning_rate, train
+from nanoGPT.train import learning_rate, main, train
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# the keys by which tiny_config differs from the defaults, as command-line arguments
+TINY_KEYS = """data_dir out_dir log_dir run_name device n_layer n_head n_embd block_size batch_size max_iters
+eval_interval eval_iters log_interval learning_rate warmup_iters min_lr gradient_accumulation_steps""".split()
+
+
+def tiny_args(cfg) -> list[str]:
+    return [f"--{k}={getattr(cfg, k)}" for k in TINY_KEYS]
 
 
 def read_log(cfg, kind):
@@ -110,31 +122,7 @@ def test_learning_rate_schedule():
 
 def test_ddp_two_processes_stay_identical_and_learn(char_data, tmp_path):
     cfg = tiny_config(char_data, tmp_path, max_iters=30, eval_interval=15, gradient_accumulation_steps=2)
-    args = [
-        f"--{k}={v}"
-        for k, v in dataclasses.asdict(cfg).items()
-        if k
-        in (
-            "data_dir",
-            "out_dir",
-            "log_dir",
-            "run_name",
-            "device",
-            "n_layer",
-            "n_head",
-            "n_embd",
-            "block_size",
-            "batch_size",
-            "max_iters",
-            "eval_interval",
-            "eval_iters",
-            "log_interval",
-            "learning_rate",
-            "warmup_iters",
-            "min_lr",
-            "gradient_accumulation_steps",
-        )
-    ]
+    args = tiny_args(cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [
@@ -176,3 +164,150 @@ def test_cli_errors_are_one_line(args, message, char_data):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- eval_only, train.log, wandb --------------------------------------------------------------
+
+
+def test_eval_only_evaluates_once_and_writes_no_checkpoint(char_data, tmp_path, capsys):
+    # a checkpoint at iteration 6, off the evaluation schedule (eval_interval=250)
+    cfg = tiny_config(char_data, tmp_path, max_iters=6, eval_interval=250)
+    train(cfg)
+    saved = os.path.realpath(os.path.join(cfg.out_dir, "ckpt.pt"))
+    before = (sorted(os.listdir(cfg.out_dir)), checkpoint.sha256_of(saved), os.stat(saved).st_mtime_ns)
+    train_records = read_log(cfg, "train")
+    capsys.readouterr()
+
+    metrics = train(dataclasses.replace(cfg, eval_only=True, init_from="resume", max_iters=250))
+
+    after = (sorted(os.listdir(cfg.out_dir)), checkpoint.sha256_of(saved), os.stat(saved).st_mtime_ns)
+    assert after == before
+    assert read_log(cfg, "train") == train_records
+    assert [e["iter"] for e in read_log(cfg, "eval")] == [0, 6, 6]  # the run's two, then eval_only's
+    assert metrics["val/nll"] == pytest.approx(read_log(cfg, "eval")[-1]["val/nll"])
+    printed = capsys.readouterr().out
+    assert "step 6:" in printed and "iter 7" not in printed
+
+
+def test_train_log_holds_the_console_output_and_continues_on_resume(char_data, tmp_path, capsys):
+    cfg = tiny_config(char_data, tmp_path, max_iters=4, eval_interval=2)
+    train(cfg)
+    printed = capsys.readouterr().out.splitlines()
+    log_path = os.path.join(cfg.log_dir, cfg.run_name, "train.log")
+    first = open(log_path).read().splitlines()
+    assert first[0].startswith("=== ") and "baseline, init_from=scratch" in first[0]
+    assert first[1:] == printed  # every line, in order
+    assert [line.split(":")[0] for line in printed if line.startswith("iter")] == [
+        f"iter {i}" for i in range(1, 5)
+    ]
+    assert [line.split(":")[0] for line in printed if line.startswith("step")] == [
+        "step 0",
+        "step 2",
+        "step 4",
+    ]
+
+    train(dataclasses.replace(cfg, max_iters=6, init_from="resume"))
+    resumed = capsys.readouterr().out.splitlines()
+    lines = open(log_path).read().splitlines()
+    assert lines[: len(first)] == first  # appended to
+    assert lines[len(first)].startswith("=== ") and lines[len(first) + 1 :] == resumed
+    assert resumed[0].startswith("resuming from") and "(iteration 4)" in resumed[0]
+    assert "iter 6: loss" in resumed[-2] and resumed[-1].startswith("step 6:")
+
+
+@pytest.mark.slow  # three wandb starts: ~9 s
+def test_a_resumed_run_continues_its_wandb_run(char_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no login
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_config(char_data, tmp_path, max_iters=2, eval_interval=2, wandb_log=True)
+    train(cfg)
+    first_id = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["run_state"]["wandb_id"]
+    train(dataclasses.replace(cfg, max_iters=4, init_from="auto"))
+    assert load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["run_state"]["wandb_id"] == first_id
+    runs = [name for name in os.listdir(tmp_path / "wandb") if name.startswith("offline-run-")]
+    assert len(runs) == 2 and all(name.endswith("-" + first_id) for name in runs)
+    # a fresh run in the same place starts another wandb run
+    train(dataclasses.replace(cfg, max_iters=2, init_from="scratch"))
+    assert load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["run_state"]["wandb_id"] != first_id
+
+
+def test_a_checkpoint_with_the_old_run_state_still_resumes(char_data, tmp_path):
+    cfg = tiny_config(char_data, tmp_path, max_iters=4, eval_interval=2)
+    train(cfg)
+    path = os.path.realpath(os.path.join(cfg.out_dir, "ckpt.pt"))
+    ckpt = load_checkpoint(path)
+    del ckpt["run_state"]["wandb_id"]  # as written before wandb ids were kept
+    checkpoint.atomic_torch_save(ckpt, path)
+    with open(path + checkpoint.CHECKSUM_SUFFIX, "w") as f:
+        f.write(f"{checkpoint.sha256_of(path)}  {os.path.basename(path)}\n")
+    train(dataclasses.replace(cfg, max_iters=6, init_from="resume"))
+    assert [r["iter"] for r in read_log(cfg, "train")] == list(range(1, 7))
+
+
+# --- data windows, train_fraction -----------------------------------------------------------
+
+
+def token_folder(tmp_path, num_tokens):
+    """train.bin holding 0, 1, 2, ...: a token's id is its position."""
+    folder = tmp_path / "positions"
+    folder.mkdir()
+    np.arange(num_tokens, dtype=np.uint16).tofile(folder / "train.bin")
+    return str(folder)
+
+
+def test_train_batches_reach_the_last_window(tmp_path):
+    block_size = 8
+    data = TokenData(token_folder(tmp_path, block_size + 2), block_size, 4, "cpu")
+    starts = {int(s) for step in range(50) for s in data.train_batch(step).starts}
+    assert starts == {0, 1}
+    batch = data.train_batch(0)
+    assert torch.equal(batch.y, batch.x + 1)
+
+
+def test_train_fraction_draws_windows_from_the_prefix_only(tmp_path):
+    block_size, prefix = 8, 40  # 10% of 400 tokens
+    data = TokenData(token_folder(tmp_path, 400), block_size, 16, "cpu", train_fraction=0.1)
+    assert data.window_tokens("train") == prefix and data.num_tokens("train") == 400
+    batches = [data.train_batch(step, micro) for step in range(40) for micro in range(2)]
+    assert max(int(b.y.max()) for b in batches) == prefix - 1  # the prefix's last token, never beyond
+    assert {int(s) for b in batches for s in b.starts} == set(range(prefix - block_size))
+    eval_starts = np.concatenate(data.eval_batches("train", 100))
+    assert eval_starts.max() + block_size + 1 == prefix  # train/nll is measured on the prefix too
+    with pytest.raises(UserError, match="train_fraction=0.02 leaves 8 tokens"):
+        TokenData(data.data_dir, block_size, 4, "cpu", train_fraction=0.02)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_train_fraction_outside_zero_one_is_refused(char_data, tmp_path, fraction):
+    cfg = tiny_config(char_data, tmp_path, train_fraction=fraction)
+    with pytest.raises(UserError, match="train_fraction must be in"):
+        train(cfg)
+    assert not os.path.exists(cfg.out_dir) and not os.path.exists(cfg.log_dir)
+
+
+def test_bayes_elbo_counts_the_tokens_trained_on(char_data, tmp_path):
+    cfg = tiny_config(char_data, tmp_path, variant="bayes", max_iters=1, eval_iters=1, train_fraction=0.25)
+    train(cfg)
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    train_tokens = os.path.getsize(os.path.join(char_data, "train.bin")) // 2
+    assert ckpt["model_args"]["kl_num_tokens"] == int(train_tokens * 0.25)
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def test_root_train_py_takes_the_variant_from_the_config(char_data, tmp_path, monkeypatch):
+    cfg = tiny_config(char_data, tmp_path, max_iters=2, eval_interval=2)
+    config_file = tmp_path / "train_tiny_smooth.py"
+    config_file.write_text('variant = "smooth"\nlabel_smoothing = 0.1\n')
+    args = tiny_args(cfg)
+    monkeypatch.setattr(sys, "argv", ["train.py", str(config_file), *args])
+    runpy.run_path(os.path.join(REPO, "train.py"), run_name="__main__")
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    assert ckpt["variant"] == "smooth" and ckpt["model_args"]["label_smoothing"] == 0.1
+    # a train_<variant>.py entry point refuses a config asking for another variant
+    with pytest.raises(SystemExit) as stopped:
+        main("baseline", [str(config_file), *args])
+    assert stopped.value.code == 2
