@@ -95,6 +95,7 @@ class TrainConfig(ModelConfig):
     dataset: str = "shakespeare_char"  # a folder under data/
     data_dir: str = ""  # any folder holding train.bin/val.bin; overrides dataset
     batch_size: int = 12  # per process, per micro-step
+    train_fraction: float = 1.0  # windows come from this first fraction of train.bin (data-limited runs)
     # augmenter: a teacher LM adds extra positive next tokens (multi-hot variants only)
     augment: bool = False
     teacher: str = "gpt2"  # a hub name, a local HF folder, or ckpt:<out_dir of a run here>
@@ -102,7 +103,6 @@ class TrainConfig(ModelConfig):
     augment_filter: str = "perplexity"  # perplexity | prob | none
     augment_threshold: float = 100.0  # perplexity filter: keep a candidate below this
     augment_min_prob: float = 0.01  # prob filter: keep a candidate at least this likely
-    train_fraction: float = 1.0  # windows come from this first fraction of train.bin (data-limited runs)
     augment_window: int = 64  # perplexity filter: tokens scored around the position
     augment_positions: str = "one"  # one (random position per sequence) | all | a fraction
     augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)
