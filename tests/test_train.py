@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import runpy
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
 from nanoGPT.train import learning_rate, main, train
 from tests.conftest import tiny_config
+from tests.helpers import run_checked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,7 @@ def test_baseline_learns_saves_and_samples(char_data, tmp_path):
     assert samples.count("--- iter") == 3
     model, ckpt = load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
     assert ckpt["iter_num"] == 60 and ckpt["variant"] == "baseline"
-    out = subprocess.run(
+    out = run_checked(
         [
             sys.executable,
             "sample.py",
@@ -61,9 +61,6 @@ def test_baseline_learns_saves_and_samples(char_data, tmp_path):
             "--device=cpu",
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
     )
     assert out.stdout.count("ROMEO:") >= 2
 
@@ -120,11 +117,12 @@ def test_learning_rate_schedule():
     assert learning_rate(cfg, 110) == learning_rate(cfg, 500) == 0.1
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_stay_identical_and_learn(char_data, tmp_path):
     cfg = tiny_config(char_data, tmp_path, max_iters=30, eval_interval=15, gradient_accumulation_steps=2)
     args = tiny_args(cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    run_checked(
         [
             sys.executable,
             "-m",
@@ -136,8 +134,6 @@ def test_ddp_two_processes_stay_identical_and_learn(char_data, tmp_path):
         ],
         cwd=REPO,
         env=env,
-        check=True,
-        capture_output=True,
         timeout=300,
     )
     evals = read_log(cfg, "eval")
@@ -155,14 +151,26 @@ def test_ddp_two_processes_stay_identical_and_learn(char_data, tmp_path):
         (["--init_from=resume", "--out_dir=/no/such/out"], "not found"),
     ],
 )
-def test_cli_errors_are_one_line(args, message, char_data):
+def test_cli_errors_are_one_line(args, message, char_data, monkeypatch, capsys):
+    # in this process (a fresh interpreter per case costs seconds); the real process is checked below
     if not any(a.startswith("--data_dir") for a in args):
         args = [*args, f"--data_dir={char_data}"]
-    proc = subprocess.run(
-        [sys.executable, "train_baseline.py", "--device=cpu", *args], cwd=REPO, capture_output=True, text=True
+    monkeypatch.setattr(sys, "argv", ["train_baseline.py", "--device=cpu", *args])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(os.path.join(REPO, "train_baseline.py"), run_name="__main__")
+    stderr = capsys.readouterr().err
+    assert stopped.value.code == 2, stderr
+    assert stderr.strip().count("\n") == 0 and message in stderr
+    assert "Traceback" not in stderr
+
+
+def test_cli_error_of_a_real_process_is_one_line_and_exit_code_2(char_data):
+    proc = run_checked(
+        [sys.executable, "train_baseline.py", "--device=cpu", "--n_layers=2", f"--data_dir={char_data}"],
+        cwd=REPO,
+        expect_returncode=2,
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "did you mean n_layer" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -311,3 +319,12 @@ def test_root_train_py_takes_the_variant_from_the_config(char_data, tmp_path, mo
     with pytest.raises(SystemExit) as stopped:
         main("baseline", [str(config_file), *args])
     assert stopped.value.code == 2
+
+
+def test_checkpoint_minutes_saves_when_the_time_is_up(char_data, tmp_path):
+    # a limit of 60 microseconds: due after every iteration
+    cfg = tiny_config(
+        char_data, tmp_path, max_iters=5, eval_interval=100, checkpoint_minutes=1e-6, keep_checkpoints=9
+    )
+    train(cfg)
+    assert [it for it, _ in checkpoint.list_checkpoints(cfg.out_dir)] == [1, 2, 3, 4, 5]
