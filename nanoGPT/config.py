@@ -51,6 +51,8 @@ class ModelConfig:
     variant: str = "baseline"
     label_smoothing: float = 0.05  # smooth
     pos_weight: float = 1.0  # sigmoid variants: weight of the positive terms of the BCE
+    distill_alpha: float = 0.5  # distill: target weight of the true token; 1 - alpha on the teacher
+    distill_temperature: float = 1.0  # distill: the teacher's top-k renormalised as p^(1/temperature)
     prior_sigma: float = 1.0  # bayes variants: std of the Gaussian prior on the head
     posterior_init_sigma: float = 1e-3  # bayes variants: initial posterior std
     kl_weight: float = 1.0  # bayes variants: ELBO = E[loss] + kl_weight * KL / kl_num_tokens

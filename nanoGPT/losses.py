@@ -4,7 +4,9 @@ They compute exactly what the textbook PyTorch expression computes (the tests ho
 in value and gradient) while keeping fewer vocabulary-sized buffers alive, because at the GPT-2
 vocabulary the output head and its loss are most of a small model's memory and time:
 
-- `softmax_cross_entropy`: F.cross_entropy (baseline, smooth, bayes);
+- `softmax_cross_entropy`: F.cross_entropy (baseline, smooth, bayes, the controls);
+- `soft_target_cross_entropy`: F.cross_entropy against a target distribution over a few ids
+  (distill), the same kernel with several weighted targets per position;
 - `sparse_bce`: F.binary_cross_entropy_with_logits against a multi-hot target given as sparse
   ids (sigmoid, bayes_sigmoid), never the dense (N, V) target;
 - `GaussianPosteriorSample`: a weight sample of a mean-field Gaussian posterior fused with its
@@ -19,26 +21,26 @@ import torch
 import torch.nn.functional as F
 
 
-class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """logsumexp(z) - target_weight * z_y per position, with a hand-written backward: the
-    gradient is softmax(z) * g with the target's slope scattered into it in place, one
+class _WeightedSoftmaxCrossEntropy(torch.autograd.Function):
+    """logsumexp(z) - sum_j w_j * z_{id_j} per position, with a hand-written backward: the
+    gradient is softmax(z) * g with the targets' slopes -w_j * g scattered into it in place, one
     (N, V) buffer, where F.cross_entropy keeps log_softmax(z) and then builds a zero-filled
-    (N, V) gradient for the target and another for the log-softmax."""
+    (N, V) gradient for the target and another for the log-softmax. A repeated id adds up its
+    weights, as the dense target would."""
 
     @staticmethod
-    def forward(ctx, logits, targets, target_weight):
+    def forward(ctx, logits, ids, weights):
         log_normaliser = torch.logsumexp(logits, dim=-1)
-        ctx.save_for_backward(logits, targets, log_normaliser)
-        ctx.target_weight = target_weight
-        return log_normaliser - target_weight * logits.gather(1, targets[:, None])[:, 0]
+        ctx.save_for_backward(logits, ids, weights, log_normaliser)
+        return log_normaliser - (weights * logits.gather(1, ids)).sum(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        logits, targets, log_normaliser = ctx.saved_tensors
+        logits, ids, weights, log_normaliser = ctx.saved_tensors
         grad = grad.unsqueeze(-1)
         grad_logits = torch.sub(logits, log_normaliser[:, None]).exp_().mul_(grad)
-        grad_logits.scatter_add_(1, targets[:, None], -ctx.target_weight * grad)
+        grad_logits.scatter_add_(1, ids, -weights * grad)
         return grad_logits, None, None
 
 
@@ -48,7 +50,23 @@ def softmax_cross_entropy(
     """(..., V) logits and (...) target ids -> (N,) logsumexp(z) - target_weight * z_target,
     N = targets.numel(). With target_weight 1 that is the cross-entropy of each position,
     F.cross_entropy(logits, targets, reduction="none")."""
-    return _SoftmaxCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), target_weight)
+    flat = logits.reshape(-1, logits.size(-1))
+    weights = flat.new_full((flat.size(0), 1), target_weight)
+    return _WeightedSoftmaxCrossEntropy.apply(flat, targets.reshape(-1, 1), weights)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of (..., V) logits against a sparse target distribution: (..., M) ids
+    padded with -1 and their (..., M) weights -> (N,) logsumexp(z) - sum_j w_j * z_{id_j},
+    N = the number of positions. Padding carries weight 0 whatever `weights` holds there; a
+    repeated id counts with the sum of its weights. With weights summing to 1 per position it
+    is F.cross_entropy against the dense target distribution, which is never built."""
+    flat = logits.reshape(-1, logits.size(-1))
+    ids = ids.reshape(flat.size(0), -1)
+    weights = weights.reshape(ids.shape).to(flat.dtype)
+    is_target = ids >= 0
+    weights = torch.where(is_target, weights, torch.zeros_like(weights))
+    return _WeightedSoftmaxCrossEntropy.apply(flat, ids.clamp_min(0), weights)
 
 
 def positive_ids(

@@ -32,6 +32,7 @@ from nanoGPT.model import GPT
 from nanoGPT.prepare import shakespeare_splits, write_text_dataset
 from nanoGPT.tokenizer import CharTokenizer, gpt2_tokenizer, load_tokenizer
 from nanoGPT.train import train
+from nanoGPT.variants.base import ExtraTargets
 from tests.conftest import tiny_config
 
 
@@ -287,6 +288,30 @@ def test_cache_and_online_give_the_same_positives(small_char, char_teacher, buil
         assert torch.equal(as_sets(cached), as_sets(expected)), positions
 
 
+def test_cache_and_online_give_the_same_teacher_log_probs(small_char, char_teacher, built_cache):
+    """What distill reads: the kept ids with the teacher's log-probability of each, the same
+    online and from the cache (which stores them as float16), and the teacher's own numbers."""
+    cfg, _ = built_cache
+    batch = TokenData(small_char, 32, 4, "cpu").batch_at("train", np.array([0, 32, 32 * 70, 32 * 600]))
+    cached = open_cache(cfg, small_char, "cpu", with_log_probs=True)(batch)
+    online = augmenter_for(char_teacher, small_char, k=5, filter="prob", min_prob=0.05, positions="all")
+    online.with_log_probs = True
+    expected = online(batch)
+    assert isinstance(cached, ExtraTargets) and isinstance(expected, ExtraTargets)
+    assert cached.log_probs.dtype == expected.log_probs.dtype == torch.float32
+    assert torch.equal(expected.ids, online.positives(batch.x, batch.y, np.tile(np.arange(32), (4, 1))).ids)
+    for targets in (cached, expected):  # slots in id order: their order carries no meaning
+        order = targets.ids.argsort(dim=-1)
+        targets.ids, targets.log_probs = targets.ids.gather(-1, order), targets.log_probs.gather(-1, order)
+    assert torch.equal(cached.ids, expected.ids)
+    kept = expected.ids >= 0
+    assert kept.sum() > 20 and torch.equal(torch.isinf(cached.log_probs), ~kept)
+    torch.testing.assert_close(cached.log_probs[kept], expected.log_probs[kept], rtol=2**-10, atol=0)
+    teacher = online.teacher.log_probs(batch.x).gather(-1, expected.ids.clamp_min(0))
+    torch.testing.assert_close(expected.log_probs[kept], teacher[kept])
+    assert (expected.log_probs[kept] >= np.log(0.05)).all()
+
+
 def test_stale_missing_or_foreign_cache_is_refused(small_char, built_cache, tmp_path):
     cfg, _ = built_cache
     with pytest.raises(UserError, match=r"augment_min_prob=0\.05 \(this run: 0\.1\)"):
@@ -437,6 +462,30 @@ def test_sigmoid_trains_with_augmentation(small_char, char_teacher, built_cache,
     assert len(log) == 8 and all(np.isfinite(r["loss"]) for r in log)
     # extra positives reached the loss: more than the true token per position on average
     assert np.mean([r["positives"] for r in log]) > 1.1
+
+
+@pytest.mark.parametrize("source", ["online", "cache"])
+def test_distill_trains_on_the_teachers_probabilities(small_char, built_cache, tmp_path, source):
+    """distill from the tiny teacher, online and from the cache sigmoid reads (one cache serves
+    both: the same candidates, with their log-probs): the loss falls."""
+    cache_cfg, _ = built_cache
+    cfg = dataclasses.replace(
+        cache_cfg,
+        variant="distill",
+        out_dir=str(tmp_path / "out"),
+        log_dir=str(tmp_path / "logs"),
+        augment_source=source,
+        max_iters=16,
+        eval_interval=16,
+        learning_rate=1e-2,
+    )
+    metrics = train(cfg)
+    assert np.isfinite(metrics["val/nll"])
+    log = read_train_log(cfg)
+    losses = [r["loss"] for r in log]
+    assert len(losses) == 16 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+    # the teacher's share of the targets reached the loss: 1 - alpha where it kept a candidate
+    assert 0.3 < np.mean([r["teacher_weight"] for r in log]) <= 0.5
 
 
 def test_augment_needs_a_multi_hot_variant(small_char, char_teacher, tmp_path):

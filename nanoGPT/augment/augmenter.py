@@ -30,7 +30,10 @@ nor changes on resume, and a cache can apply the same choice when it is read.
 
 Output. (B, T, K=k) int64 token ids on the batch's device, -1 where a slot holds no kept
 candidate and everywhere outside the chosen positions. The true next token may appear among
-them (the loss deduplicates it) and is always a positive there anyway."""
+them (the loss deduplicates it) and is always a positive there anyway. With `with_log_probs`
+(for variants that declare `uses_teacher_probs`, such as distill) an ExtraTargets: those ids
+and the teacher's log-probability of each, float32, -inf at padding. The filters compute these
+log-probabilities anyway (the top-k's values), so they cost one more (B, T, K) scatter."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from nanoGPT.augment.teachers import (
     top_candidates,
 )
 from nanoGPT.data import Batch
+from nanoGPT.variants.base import ExtraTargets
 
 # bounds the tokens of one teacher forward pass over candidate windows
 WINDOW_CHUNK_TOKENS = 2**16
@@ -89,21 +93,27 @@ def window_geometry(
 
 
 class DataAugmenter:
-    """batch -> (B, T, k) extra positive ids padded with -1, from a teacher, online."""
+    """batch -> (B, T, k) extra positive ids padded with -1, from a teacher, online; with
+    `with_log_probs`, ExtraTargets(those ids, their teacher log-probs)."""
 
-    def __init__(self, teacher: Teacher, settings: AugmentSettings, seed: int = 0):
+    def __init__(
+        self, teacher: Teacher, settings: AugmentSettings, seed: int = 0, with_log_probs: bool = False
+    ):
         settings.validate()
         check_teacher_fits(teacher, settings)
         self.teacher, self.settings, self.seed = teacher, settings, seed
+        self.with_log_probs = with_log_probs
 
-    def __call__(self, batch: Batch) -> torch.Tensor:
+    def __call__(self, batch: Batch) -> torch.Tensor | ExtraTargets:
         T = batch.x.size(1)
         positions = select_positions(batch.starts, T, self.settings.positions, self.seed)
         return self.positives(batch.x, batch.y, positions)
 
-    def positives(self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
-        """(B, T, k) kept candidates at `positions` (B, n), -1 elsewhere."""
-        return scatter_kept(self.propose(x, y, positions), x.size(1))
+    def positives(
+        self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray
+    ) -> torch.Tensor | ExtraTargets:
+        """(B, T, k) kept candidates at `positions` (B, n), -1 elsewhere (and their log-probs)."""
+        return scatter_kept(self.propose(x, y, positions), x.size(1), self.with_log_probs)
 
     def propose(
         self, x: torch.Tensor, y: torch.Tensor, positions: np.ndarray, score_windows: bool = False
@@ -172,10 +182,19 @@ class DataAugmenter:
         return torch.cat(nll).view(B, n, k)
 
 
-def scatter_kept(proposal: Proposal, block_size: int) -> torch.Tensor:
-    """(B, T, k) int64: the kept candidate ids at their positions, -1 everywhere else."""
+def scatter_kept(
+    proposal: Proposal, block_size: int, with_log_probs: bool = False
+) -> torch.Tensor | ExtraTargets:
+    """(B, T, k) int64: the kept candidate ids at their positions, -1 everywhere else; with
+    `with_log_probs` also their (B, T, k) float32 log-probs, -inf everywhere else."""
     ids, keep, pos = proposal.ids, proposal.keep, proposal.positions
     B, n, k = ids.shape
+    index = pos[:, :, None].expand(B, n, k)
     out = torch.full((B, block_size, k), -1, dtype=torch.long, device=ids.device)
-    kept = torch.where(keep, ids, torch.full_like(ids, -1))
-    return out.scatter_(1, pos[:, :, None].expand(B, n, k), kept)
+    out.scatter_(1, index, torch.where(keep, ids, torch.full_like(ids, -1)))
+    if not with_log_probs:
+        return out
+    log_probs = proposal.log_probs.float()
+    out_log_probs = torch.full((B, block_size, k), -torch.inf, device=ids.device)
+    out_log_probs.scatter_(1, index, torch.where(keep, log_probs, torch.full_like(log_probs, -torch.inf)))
+    return ExtraTargets(out, out_log_probs)

@@ -4,9 +4,12 @@
     python augment_cache.py --dataset=shakespeare --teacher=gpt2 --augment_filter=prob
 
 Files, next to train.bin (`<name>` = augment_cache, default "<teacher>-<filter>"):
-  train.aug_<name>.bin   (num_tokens, k) ids, row j = the kept candidates for token j as a
-                         target; uint16 with pad 65535 (int32 with pad -1 for vocabularies
-                         over 65535 ids); row 0 (no context) is all pad.
+  train.aug_<name>.bin   num_tokens rows, row j = the kept candidates for token j as a target:
+                         k ids, uint16 with pad 65535 (int32 with pad -1 for vocabularies over
+                         65535 ids), then their k teacher log-probs, float16 with -inf at pad
+                         (for distill; the filters compute them anyway). Row 0 (no context) is
+                         all pad. float16 keeps a log-prob to 2^-11 of its size: a probability
+                         to within 0.5% at log-probs above -10.
   train.aug_<name>.json  the settings and data fingerprint that made it, and build progress.
 
 Context. train.bin is cut into consecutive blocks of block_size + 1 tokens overlapping by one
@@ -46,8 +49,10 @@ from nanoGPT.data import Batch, prepare_hint, resolve_data_dir
 from nanoGPT.errors import UserError
 from nanoGPT.runtime import resolve_device
 from nanoGPT.tokenizer import load_tokenizer
+from nanoGPT.variants.base import ExtraTargets
 
-CACHE_FORMAT = "nanoGPT-objectives/augment-cache/1"
+CACHE_FORMAT = "nanoGPT-objectives/augment-cache/2"  # 2: the rows carry the teacher's log-probs
+LOG_PROB_STORAGE = np.dtype(np.float16)
 # fingerprint: the whole file up to this size, else this many evenly spaced samples
 _HASH_WHOLE_BYTES = 1 << 22
 _HASH_SAMPLES, _HASH_SAMPLE_BYTES = 64, 1 << 16
@@ -93,6 +98,22 @@ def storage_of(vocab_size: int) -> tuple[np.dtype, int]:
     return np.dtype(np.int32), -1
 
 
+def row_dtype(storage: dict[str, Any]) -> np.dtype:
+    """One row of a cache (its JSON's "storage"): the k candidate ids, then their k log-probs."""
+    k = storage["k"]
+    return np.dtype([("ids", storage["dtype"], (k,)), ("log_probs", storage["log_probs"], (k,))])
+
+
+def stored_rows(targets: ExtraTargets, storage: dict[str, Any]) -> np.ndarray:
+    """(B, T, k) ExtraTargets -> B * T cache rows."""
+    k, pad = storage["k"], storage["pad"]
+    ids = targets.ids.reshape(-1, k).cpu().numpy()
+    rows = np.empty(len(ids), row_dtype(storage))
+    rows["ids"] = np.where(ids < 0, pad, ids)
+    rows["log_probs"] = targets.log_probs.reshape(-1, k).cpu().numpy()
+    return rows
+
+
 def _teacher_fingerprint(teacher: str) -> str | None:
     """A checkpoint teacher's file fingerprint (None for hub/HF teachers, or when absent)."""
     if not teacher.startswith(CKPT_PREFIX):
@@ -115,17 +136,18 @@ def cache_identity(
             "num_tokens": os.path.getsize(train_path) // 2,
             "fingerprint": file_fingerprint(train_path),
         },
-        "storage": {"dtype": dtype.name, "pad": pad, "k": settings.k},
+        "storage": {"dtype": dtype.name, "pad": pad, "k": settings.k, "log_probs": LOG_PROB_STORAGE.name},
     }
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
+    """A cache's record, of any format; None when absent or unreadable."""
     try:
         with open(path) as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("format") == CACHE_FORMAT else None
+    return record if isinstance(record, dict) else None
 
 
 def _train_path(data_dir: str) -> str:
@@ -133,6 +155,47 @@ def _train_path(data_dir: str) -> str:
     if not os.path.isfile(path):
         raise UserError(f"no training data: {path} not found{prepare_hint(data_dir)}")
     return path
+
+
+def _start_or_continue(
+    bin_path: str, json_path: str, identity: dict[str, Any], num_blocks: int, num_tokens: int
+) -> tuple[dict[str, Any], int]:
+    """(the build record, blocks done): an interrupted or finished build made with `identity`
+    continues; anything else is replaced by a fresh, empty file and record."""
+    storage = identity["storage"]
+    file_bytes = num_tokens * row_dtype(storage).itemsize
+    record = _read_json(json_path)
+    resumable = (
+        record is not None
+        and record.get("format") == CACHE_FORMAT
+        and record.get("made_with") == identity
+        and os.path.isfile(bin_path)
+        and os.path.getsize(bin_path) == file_bytes
+    )
+    if resumable:
+        done = int(record["blocks_done"])
+        if not record["complete"]:
+            print(f"{bin_path}: continuing an interrupted build at block {done} of {num_blocks}")
+        return record, done
+    if record is not None or os.path.exists(bin_path):
+        print(f"{bin_path}: made with other settings or data, rebuilding")
+    record = {
+        "format": CACHE_FORMAT,
+        "made_with": identity,
+        "num_blocks": num_blocks,
+        "blocks_done": 0,
+        "complete": False,
+    }
+    with open(bin_path, "wb") as f:
+        f.truncate(file_bytes)
+        k = storage["k"]  # token 0 is never a target: its row is all pad
+        f.write(
+            stored_rows(
+                ExtraTargets(torch.full((1, k), -1), torch.full((1, k), -torch.inf)), storage
+            ).tobytes()
+        )
+    atomic_write_json(json_path, record)
+    return record, 0
 
 
 def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
@@ -147,7 +210,7 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
     device = resolve_device(cfg.device)
     teacher = load_teacher(settings.teacher, device, tokenizer, data_dir)
     check_teacher_fits(teacher, settings, cfg.block_size)
-    augmenter = DataAugmenter(teacher, settings, cfg.seed)
+    augmenter = DataAugmenter(teacher, settings, cfg.seed, with_log_probs=True)
     identity = cache_identity(cfg, settings, tokenizer.vocab_size, train_path)
     bin_path, json_path = cache_paths(data_dir, cache_name(cfg))
 
@@ -157,38 +220,13 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
     if num_targets < T:
         raise UserError(f"{train_path} has {len(tokens)} tokens, not more than block_size={T}")
     num_blocks = math.ceil(num_targets / T)
-    dtype, pad = storage_of(tokenizer.vocab_size)
-    row_bytes = k * dtype.itemsize
+    storage = identity["storage"]
+    row_bytes = row_dtype(storage).itemsize
 
-    record = _read_json(json_path)
-    file_bytes = len(tokens) * row_bytes
-    resumable = (
-        record is not None
-        and record.get("made_with") == identity
-        and os.path.isfile(bin_path)
-        and os.path.getsize(bin_path) == file_bytes
-    )
-    if resumable and record["complete"]:
+    record, done = _start_or_continue(bin_path, json_path, identity, num_blocks, len(tokens))
+    if record["complete"]:
         print(f"{bin_path} is up to date")
         return bin_path
-    if resumable:
-        done = int(record["blocks_done"])
-        print(f"{bin_path}: continuing an interrupted build at block {done} of {num_blocks}")
-    else:
-        if record is not None or os.path.exists(bin_path):
-            print(f"{bin_path}: made with other settings or data, rebuilding")
-        done = 0
-        record = {
-            "format": CACHE_FORMAT,
-            "made_with": identity,
-            "num_blocks": num_blocks,
-            "blocks_done": 0,
-            "complete": False,
-        }
-        with open(bin_path, "wb") as f:
-            f.truncate(file_bytes)
-            f.write(np.full(k, pad, dtype).tobytes())  # token 0 is never a target
-        atomic_write_json(json_path, record)
 
     all_positions = np.broadcast_to(np.arange(T, dtype=np.int64), (cfg.batch_size, T))
     progress = tqdm(
@@ -210,11 +248,9 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
                 [tokens[first + i * T : first + i * T + length + 1] for i in range(count)]
             ).astype(np.int64)
             rows = torch.from_numpy(rows).to(device)
-            positives = augmenter.positives(rows[:, :-1], rows[:, 1:], all_positions[:count, :length])
-            ids = positives.reshape(-1, k).cpu().numpy()
-            ids = np.where(ids < 0, pad, ids).astype(dtype)
+            targets = augmenter.positives(rows[:, :-1], rows[:, 1:], all_positions[:count, :length])
             f.seek((first + 1) * row_bytes)
-            f.write(ids.tobytes())
+            f.write(stored_rows(targets, storage).tobytes())
             done += count
             progress.update(count * length)
             if time.monotonic() - last_record >= PROGRESS_EVERY_S or done == num_blocks:
@@ -225,43 +261,57 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
                 last_record = time.monotonic()
     record["complete"] = True
     atomic_write_json(json_path, record)
-    print(f"{bin_path}: {num_targets:,} targets x {k} slots ({dtype.name})")
+    print(f"{bin_path}: {num_targets:,} targets x {k} slots ({storage['dtype']} ids, float16 log-probs)")
     return bin_path
 
 
 class CachedAugmenter:
-    """batch -> (B, T, k) extra positive ids padded with -1, read from a cache."""
+    """batch -> (B, T, k) extra positive ids padded with -1, read from a cache; with
+    `with_log_probs`, ExtraTargets(those ids, their teacher log-probs)."""
 
-    def __init__(self, bin_path: str, record: dict[str, Any], positions: str, seed: int, device: str):
-        storage = record["made_with"]["storage"]
+    def __init__(
+        self,
+        bin_path: str,
+        record: dict[str, Any],
+        positions: str,
+        seed: int,
+        device: str,
+        with_log_probs: bool = False,
+    ):
+        self.storage = record["made_with"]["storage"]
         self.bin_path, self.positions, self.seed = bin_path, positions, seed
-        self.dtype, self.pad, self.k = np.dtype(storage["dtype"]), storage["pad"], storage["k"]
         self.num_tokens = record["made_with"]["data"]["num_tokens"]
         self.device = torch.device(device)
+        self.with_log_probs = with_log_probs
 
-    def __call__(self, batch: Batch) -> torch.Tensor:
+    def __call__(self, batch: Batch) -> torch.Tensor | ExtraTargets:
         T = batch.x.size(1)
         # a fresh memmap per call, as data.py does: a long-lived one grows RSS
-        table = np.memmap(self.bin_path, dtype=self.dtype, mode="r", shape=(self.num_tokens, self.k))
+        table = np.memmap(self.bin_path, dtype=row_dtype(self.storage), mode="r", shape=(self.num_tokens,))
         # the target y[b, t] is token starts[b] + t + 1 of the split
         rows = np.stack([table[start + 1 : start + 1 + T] for start in batch.starts])
-        if self.dtype == np.uint16:  # torch has few uint16 ops: move as int16, widen there
-            ids = to_device(rows.view(np.int16), self.device).long() & 0xFFFF
+        ids = np.ascontiguousarray(rows["ids"])
+        if ids.dtype == np.uint16:  # torch has few uint16 ops: move as int16, widen there
+            ids = to_device(ids.view(np.int16), self.device).long() & 0xFFFF
         else:
-            ids = to_device(rows, self.device).long()
-        ids = torch.where(ids == self.pad, torch.full_like(ids, -1), ids)
+            ids = to_device(ids, self.device).long()
+        is_kept = ids != self.storage["pad"]
         chosen = select_positions(batch.starts, T, self.positions, self.seed)
         if chosen.shape[1] < T:
             mask = np.zeros((len(batch.starts), T), dtype=bool)
             np.put_along_axis(mask, chosen, True, axis=1)
-            mask = to_device(mask, self.device)[:, :, None]
-            ids = torch.where(mask, ids, torch.full_like(ids, -1))
-        return ids
+            is_kept &= to_device(mask, self.device)[:, :, None]
+        ids = torch.where(is_kept, ids, torch.full_like(ids, -1))
+        if not self.with_log_probs:
+            return ids
+        log_probs = to_device(np.ascontiguousarray(rows["log_probs"]), self.device).float()
+        return ExtraTargets(ids, torch.where(is_kept, log_probs, torch.full_like(log_probs, -torch.inf)))
 
 
-def open_cache(cfg: TrainConfig, data_dir: str, device: str) -> CachedAugmenter:
-    """The cache this run's settings ask for; UserError if it is missing, incomplete, or was
-    made with other settings, for other data, or by another state of the teacher."""
+def open_cache(cfg: TrainConfig, data_dir: str, device: str, with_log_probs: bool = False) -> CachedAugmenter:
+    """The cache this run's settings ask for; UserError if it is missing, incomplete, in an
+    older format, or was made with other settings, for other data, or by another state of the
+    teacher. `with_log_probs`: it hands ExtraTargets (see CachedAugmenter)."""
     settings = AugmentSettings.from_config(cfg)
     train_path = _train_path(data_dir)
     bin_path, json_path = cache_paths(data_dir, cache_name(cfg))
@@ -269,6 +319,10 @@ def open_cache(cfg: TrainConfig, data_dir: str, device: str) -> CachedAugmenter:
     record = _read_json(json_path)
     if record is None or not os.path.isfile(bin_path):
         raise UserError(f"augment_source=cache but {bin_path} (or its .json) is missing; {rebuild}")
+    if record.get("format") != CACHE_FORMAT:
+        raise UserError(
+            f"{bin_path} is in an older format ({record.get('format')}, not {CACHE_FORMAT}); {rebuild}"
+        )
     expected = cache_identity(cfg, settings, load_tokenizer(data_dir).vocab_size, train_path)
     made_with = record.get("made_with", {})
     theirs, ours = made_with.get("settings", {}), expected["settings"]
@@ -300,4 +354,4 @@ def open_cache(cfg: TrainConfig, data_dir: str, device: str) -> CachedAugmenter:
             f"{bin_path} is incomplete ({100 * done / max(1, total):.0f}% built); "
             "run the same augment_cache.py command again to finish it"
         )
-    return CachedAugmenter(bin_path, record, settings.positions, cfg.seed, device)
+    return CachedAugmenter(bin_path, record, settings.positions, cfg.seed, device, with_log_probs)

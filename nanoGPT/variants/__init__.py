@@ -8,6 +8,8 @@ from nanoGPT.variants.base import Variant
 from nanoGPT.variants.baseline import Baseline
 from nanoGPT.variants.bayes import Bayes
 from nanoGPT.variants.bayes_sigmoid import BayesSigmoid
+from nanoGPT.variants.controls import BaselineBias, BaselineUntied
+from nanoGPT.variants.distill import Distill
 from nanoGPT.variants.sigmoid import Sigmoid
 from nanoGPT.variants.smooth import Smooth
 
@@ -17,6 +19,9 @@ VARIANTS: dict[str, type[Variant]] = {
     "sigmoid": Sigmoid,
     "bayes": Bayes,
     "bayes_sigmoid": BayesSigmoid,
+    "distill": Distill,  # the teacher's top-k distribution as a soft target
+    "baseline_untied": BaselineUntied,  # controls: the baseline's objective on the other heads' shapes
+    "baseline_bias": BaselineBias,
 }
 
 

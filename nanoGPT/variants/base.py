@@ -9,11 +9,14 @@ A variant turns the trunk's hidden states (..., n_embd) into
     has (entropies of a Bayesian head, sigmoid set sizes...), for nanoGPT/metrics.py.
 
 `extra_positives` is a sparse (..., K) tensor of further valid next-token ids per position,
-padded with -1 (from the augmenter). Softmax variants ignore it.
+padded with -1 (from the augmenter). Softmax variants ignore it. A variant that declares
+`uses_teacher_probs` gets an `ExtraTargets` instead: the same ids with the teacher's
+log-probability of each.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -24,11 +27,21 @@ from nanoGPT.config import ModelConfig
 Stats = dict[str, torch.Tensor]
 
 
+@dataclass
+class ExtraTargets:
+    """The augmenter's candidates with the teacher's probabilities (variants with
+    `uses_teacher_probs`): never a (..., V) tensor, only the K candidates of each position."""
+
+    ids: torch.Tensor  # (..., K) int64 candidate ids, -1 where a slot holds none
+    log_probs: torch.Tensor  # (..., K) float32 teacher log-probability of each, -inf at padding
+
+
 class Variant(nn.Module):
     name: ClassVar[str] = ""
     ties_embedding: ClassVar[bool] = True  # lm_head.weight is shared with the token embedding
     bayesian: ClassVar[bool] = False  # evaluate() reports predictive/expected entropy
-    uses_extra_positives: ClassVar[bool] = False  # trains on multi-hot targets
+    uses_extra_positives: ClassVar[bool] = False  # trains on the augmenter's targets (multi-hot...)
+    uses_teacher_probs: ClassVar[bool] = False  # ...with the teacher's probabilities (ExtraTargets)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -51,7 +64,7 @@ class Variant(nn.Module):
         self,
         hidden: torch.Tensor,
         targets: torch.Tensor,
-        extra_positives: torch.Tensor | None = None,
+        extra_positives: torch.Tensor | ExtraTargets | None = None,
     ) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
 
