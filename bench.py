@@ -35,6 +35,7 @@ from nanoGPT.model import GPT
 from nanoGPT.runtime import setup_runtime
 from nanoGPT.train import build_optimizer
 from nanoGPT.variants import VARIANTS
+from nanoGPT.variants.base import ExtraTargets
 
 # the trunks --archs compares: config overrides on top of the bench's own trunk
 ARCHS = {
@@ -85,6 +86,8 @@ def measure(cfg: BenchConfig) -> dict:
     extra = None
     if VARIANTS[cfg.child].uses_extra_positives and cfg.extra_positives:
         extra = torch.randint(-1, cfg.vocab_size, (*shape, cfg.extra_positives), device=rt.device)
+        if VARIANTS[cfg.child].uses_teacher_probs:  # distill: the candidates' teacher log-probs too
+            extra = ExtraTargets(extra, torch.randn(extra.shape, device=rt.device).log_softmax(-1))
     augmenter = data = None
     if cfg.augment:  # real batches; the extra positives come from the augmenter every step
         data = TokenData(cfg.data_dir, cfg.block_size, cfg.batch_size, rt.device, cfg.seed)
