@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import nanoGPT.augment.cache as cache_module
 from augment_demo import DemoConfig, run_demo
+from nanoGPT.atomic import atomic_write_json
 from nanoGPT.augment import build_augmenter
 from nanoGPT.augment.augmenter import DataAugmenter
 from nanoGPT.augment.cache import build_cache, cache_paths, open_cache
@@ -328,6 +329,12 @@ def test_stale_missing_or_foreign_cache_is_refused(small_char, built_cache, tmp_
     tokens.flush()
     del tokens
     with pytest.raises(UserError, match="other data"):
+        open_cache(cfg, str(other), "cpu")
+    # a cache of the ids-only format 1 (before the rows carried log-probs) is refused by name
+    bin_path, json_path = cache_paths(str(other), cache_module.cache_name(cfg))
+    record = json.load(open(json_path))
+    atomic_write_json(json_path, {**record, "format": "nanoGPT-objectives/augment-cache/1"})
+    with pytest.raises(UserError, match="older format .*augment-cache/1"):
         open_cache(cfg, str(other), "cpu")
 
 
