@@ -2,6 +2,11 @@
 
 python sample.py --out_dir=out/baseline-shakespeare-char --start="ROMEO:" --num_samples=3
 python sample.py --out_dir=out/x --start=FILE:prompt.txt --top_p=0.9 --temperature=0.8
+python sample.py --init_from=gpt2 --start="The boy went to the" --dtype=bfloat16 --compile=True
+
+init_from=resume samples a checkpoint of out_dir with its own tokenizer; gpt2, gpt2-medium,
+gpt2-large, gpt2-xl or a local folder saved with transformers' save_pretrained samples OpenAI
+GPT-2 weights (as the baseline variant) with the GPT-2 tokenizer.
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ from dataclasses import dataclass
 import torch
 
 from nanoGPT.checkpoint import checkpoint_path, checkpoint_tokenizer, load_model
-from nanoGPT.config import apply_config
+from nanoGPT.config import ModelConfig, apply_config
 from nanoGPT.errors import UserError, cli
-from nanoGPT.runtime import resolve_device
-from nanoGPT.sampling import generate
+from nanoGPT.model import GPT
+from nanoGPT.runtime import inference_runtime
+from nanoGPT.sampling import compile_for_generation, generate
+from nanoGPT.tokenizer import Tokenizer, gpt2_tokenizer
 
 
 @dataclass
 class SampleConfig:
+    init_from: str = "resume"  # resume (a checkpoint in out_dir) | gpt2 | gpt2-medium | ... | HF folder
     out_dir: str = "out"
     ckpt: str = "last"  # last | best
     variant: str = ""  # if set, the checkpoint must be of this variant
@@ -35,6 +43,8 @@ class SampleConfig:
     bayes_samples: int = 0  # Bayesian variants: weight samples per token; 0 = as trained
     seed: int = 1337
     device: str = "auto"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast; auto: bf16 on CUDA, fp32 on CPU)
+    compile: bool = False  # torch.compile the trunk (pays off for long or many samples)
 
 
 def read_prompt(start: str) -> str:
@@ -47,12 +57,30 @@ def read_prompt(start: str) -> str:
     return start
 
 
+def load_for_sampling(cfg: SampleConfig, device: str) -> tuple[GPT, Tokenizer]:
+    """The model to sample, in eval mode on `device`, and the tokenizer of its ids."""
+    if cfg.init_from == "resume":
+        path = checkpoint_path(cfg.out_dir, cfg.ckpt)
+        overrides = {"bayes_samples": cfg.bayes_samples} if cfg.bayes_samples else {}
+        model, ckpt = load_model(path, device, expect_variant=cfg.variant or None, **overrides)
+        return model, checkpoint_tokenizer(ckpt)
+    if cfg.variant not in ("", "baseline"):
+        raise UserError(f"init_from={cfg.init_from} is a softmax GPT-2: leave variant unset (or baseline)")
+    model = GPT.from_pretrained(cfg.init_from, ModelConfig())
+    tokenizer = gpt2_tokenizer()
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise UserError(
+            f"init_from={cfg.init_from} has a vocabulary of {model.config.vocab_size} tokens; "
+            f"sample.py reads Hugging Face models with the GPT-2 tokenizer ({tokenizer.vocab_size})"
+        )
+    return model.to(device).eval(), tokenizer
+
+
 def sample(cfg: SampleConfig) -> list[str]:
-    device = resolve_device(cfg.device)
-    path = checkpoint_path(cfg.out_dir, cfg.ckpt)
-    overrides = {"bayes_samples": cfg.bayes_samples} if cfg.bayes_samples else {}
-    model, ckpt = load_model(path, device, expect_variant=cfg.variant or None, **overrides)
-    tokenizer = checkpoint_tokenizer(ckpt)
+    rt = inference_runtime(cfg.device, cfg.dtype)
+    model, tokenizer = load_for_sampling(cfg, rt.device)
+    if cfg.compile:
+        model = compile_for_generation(model)
     ids = tokenizer.encode(read_prompt(cfg.start))
     if not ids:
         raise UserError("the prompt encodes to no tokens")
@@ -63,17 +91,18 @@ def sample(cfg: SampleConfig) -> list[str]:
         )
         ids = ids[-block:]
     torch.manual_seed(cfg.seed)
-    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    out = generate(
-        model,
-        idx,
-        cfg.max_new_tokens,
-        cfg.temperature,
-        cfg.top_k,
-        cfg.top_p,
-        cfg.greedy,
-        cfg.no_repeat_ngram_size,
-    )
+    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=rt.device)
+    with rt.autocast():
+        out = generate(
+            model,
+            idx,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.top_p,
+            cfg.greedy,
+            cfg.no_repeat_ngram_size,
+        )
     return [tokenizer.decode(row.tolist()) for row in out]
 
 

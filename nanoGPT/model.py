@@ -20,6 +20,7 @@ from nanoGPT import progressive
 from nanoGPT.config import ModelConfig
 from nanoGPT.conv_model import ConvCompressor
 from nanoGPT.errors import UserError
+from nanoGPT.hub import load_pretrained
 from nanoGPT.layers import MLP, Block, CausalSelfAttention, Rotary, make_norm  # noqa: F401
 from nanoGPT.variants import build_variant
 
@@ -195,16 +196,12 @@ class GPT(nn.Module):
         The architecture (layers, heads, width, block size, vocabulary) comes from the
         checkpoint; dropout and the variant come from `config`.
         """
-        try:
-            from transformers import GPT2LMHeadModel
-
-            hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
-        except OSError as err:
-            raise UserError(
-                f"could not load GPT-2 weights {name_or_path!r} ({str(err).splitlines()[0][:120]}); "
-                "connect to the Hugging Face hub or pass init_from=<local folder with "
-                "config.json and model.safetensors>"
-            ) from None
+        hf_model = load_pretrained(
+            "GPT2LMHeadModel",
+            name_or_path,
+            "connect to the Hugging Face hub, or pass init_from=<local folder with config.json and "
+            "model.safetensors, saved with save_pretrained>",
+        )
         hf = hf_model.config
         import dataclasses
 

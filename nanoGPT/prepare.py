@@ -12,13 +12,13 @@ import inspect
 import os
 import pickle
 import re
-import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from nanoGPT import hub
 from nanoGPT.atomic import atomic_write
 from nanoGPT.config import parse_value
 from nanoGPT.errors import UserError, cli
@@ -224,8 +224,6 @@ def script_dir(script_file: str) -> str:
 
 # --- Hugging Face data sets: the hub, or local files through the same loader ---------------
 
-HUB_ADDRESS = ("huggingface.co", 443)
-HUB_TIMEOUT_S = 3.0
 # one .bin per split of a hub data set: its own validation and test splits, never carved
 # out of train
 HF_SPLIT_BINS = {"train": "train", "validation": "val", "test": "test"}
@@ -274,24 +272,10 @@ def parse_data_files(spec: str, splits: Sequence[str]) -> tuple[str, dict[str, l
     return builders.pop(), data_files
 
 
-def _hub_offline() -> bool:
-    import datasets
-
-    return bool(datasets.config.HF_HUB_OFFLINE)
-
-
 def check_hub_reachable(what_to_do: str) -> None:
-    """Fail in ~3 s with one line when the hub cannot be reached, instead of after ~24 s of
-    retries inside `load_dataset`. Skipped when a proxy is configured (the socket test would
-    not go through it) or in offline mode (load_dataset then reads the cache, or fails at once).
-    """
-    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
-    if proxied or _hub_offline():
-        return
-    try:
-        socket.create_connection(HUB_ADDRESS, timeout=HUB_TIMEOUT_S).close()
-    except OSError as err:
-        raise UserError(f"cannot reach {HUB_ADDRESS[0]} ({err}); {what_to_do}") from None
+    """nanoGPT.hub.check_hub_reachable for a data set (HF_DATASETS_OFFLINE counts as offline
+    too, as in the datasets library): one line in ~1.5 s, not ~24 s of retries."""
+    hub.check_hub_reachable(what_to_do, datasets=True)
 
 
 def load_hf_dataset(*args: Any, what_to_do: str, **kwargs: Any) -> Any:

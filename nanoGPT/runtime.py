@@ -30,7 +30,7 @@ class Runtime:
         self.master = self.rank == 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device_type == "cpu" or self.ptdtype == torch.float32:
+        if self.ptdtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.ptdtype)
 
@@ -67,16 +67,44 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    dtype = cfg.dtype
+    ptdtype = resolve_dtype(device, cfg.dtype)
+    if not device.startswith("cuda"):
+        ptdtype = torch.float32  # training: CPU autocast is slower than fp32 for these models
+    return _runtime(device, ptdtype, rank, local_rank, world_size, ddp)
+
+
+def inference_runtime(device: str, dtype: str) -> Runtime:
+    """The Runtime of one process that only runs a model (sampling): `dtype` as given, on the
+    CPU too, where bf16 autocast pays off for a GPT-2-sized model (about 1.8x at 124M)."""
+    device = resolve_device(device)
+    return _runtime(device, resolve_dtype(device, dtype))
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(device: str, dtype: str) -> torch.dtype:
+    """The torch dtype a `dtype` setting names: auto = bf16 on a CUDA device that has it,
+    else fp32."""
     if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if device_type == "cpu":
-        dtype = "float32"  # CPU autocast is slower than fp32 for these models
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise UserError(f"dtype must be one of auto, {', '.join(dtypes)}; got {dtype!r}")
+        return (
+            torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _runtime(
+    device: str,
+    ptdtype: torch.dtype,
+    rank: int = 0,
+    local_rank: int = 0,
+    world_size: int = 1,
+    ddp: bool = False,
+) -> Runtime:
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, device_type, dtypes[dtype], rank, local_rank, world_size, ddp)
+    return Runtime(device, device_type, ptdtype, rank, local_rank, world_size, ddp)

@@ -39,6 +39,15 @@ def banned_by_ngrams(sequences: torch.Tensor, ngram_size: int) -> list[set[int]]
     return banned
 
 
+def compile_for_generation(model: GPT) -> GPT:
+    """`model` with its trunk compiled for `generate`, which calls `hidden_states` (not
+    `forward`, what torch.compile(model) would compile). Dynamic shapes: the prompt step and
+    every one-token step, with a cache one longer each time, share one graph instead of
+    recompiling per length."""
+    model.hidden_states = torch.compile(model.hidden_states, dynamic=True)
+    return model
+
+
 @torch.no_grad()
 def generate(
     model: GPT,

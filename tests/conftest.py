@@ -32,6 +32,20 @@ def bpe_data(tmp_path_factory) -> str:
     return out_dir
 
 
+@pytest.fixture(scope="session")
+def hf_gpt2_folder(tmp_path_factory) -> str:
+    """A tiny randomly initialised GPT-2 (GPT-2 vocabulary) saved with save_pretrained: what
+    init_from=gpt2 and teacher=gpt2 load, without the hub."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = str(tmp_path_factory.mktemp("hf_gpt2"))
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
 def tiny_config(data_dir: str, tmp_path, **overrides) -> TrainConfig:
     """A model and loop small enough for a test: seconds per hundred iterations."""
     base = TrainConfig(

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import nanoGPT.prepare as prep
+from nanoGPT import hub
 from nanoGPT.errors import UserError
 from nanoGPT.prepare import read_tokens, split_text, write_meta, write_tokens
 from nanoGPT.tokenizer import gpt2_tokenizer, load_tokenizer
+from tests.helpers import run_checked
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -274,9 +276,14 @@ def unreachable_hub(monkeypatch) -> None:
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(prep.socket, "create_connection", no_network)
-    monkeypatch.setattr(prep, "_hub_offline", lambda: False)
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+    monkeypatch.setattr(hub.socket, "create_connection", no_network)
+    for name in (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_ENDPOINT",
+        *hub._PROXY_VARIABLES,
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -290,11 +297,11 @@ def test_hub_data_set_unreachable_fails_fast(name, tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
-def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def run_script(name: str, *args: str, returncode: int = 0, **env: str) -> subprocess.CompletedProcess:
+    """data/<name>/prepare.py as a command; another exit code fails showing the script's output."""
+    return run_checked(
         [sys.executable, str(REPO / "data" / name / "prepare.py"), *args],
-        capture_output=True,
-        text=True,
+        expect_returncode=returncode,
         timeout=120,
         env={**os.environ, **env},
         cwd=REPO,
@@ -308,6 +315,7 @@ def test_wikitext_offline_cli_prints_one_error_line(tmp_path):
         f"--out_dir={tmp_path}",
         "--config=wikitext-2-raw-v1",
         f"--cache_dir={tmp_path / 'hf'}",
+        returncode=2,
         HF_DATASETS_OFFLINE="1",
     )
     assert time.perf_counter() - start < 20  # not the ~24 s of hub retries
@@ -324,7 +332,7 @@ def test_text_cli_end_to_end(tmp_path):
     result = run_script("text", f"--input={source}", f"--out_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr
     assert "train.bin:" in result.stdout and "val.bin:" in result.stdout
-    bad = run_script("text", f"--input={source}", "--tokeniser=char")
+    bad = run_script("text", f"--input={source}", "--tokeniser=char", returncode=2)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "error: unknown option --tokeniser; valid options: --input, --tokenizer, --val_fraction, --out_dir"

@@ -14,6 +14,7 @@ from nanoGPT.augment.settings import CKPT_PREFIX, AugmentSettings
 from nanoGPT.checkpoint import check_tokenizer, checkpoint_path, load_model, tokenizer_record
 from nanoGPT.data import resolve_data_dir
 from nanoGPT.errors import UserError
+from nanoGPT.hub import load_pretrained
 from nanoGPT.runtime import seeded
 from nanoGPT.tokenizer import Tokenizer, load_tokenizer
 
@@ -104,18 +105,13 @@ class HFTeacher(Teacher):
     """A causal LM through `transformers`: a hub name such as "gpt2", or a local folder."""
 
     def __init__(self, name_or_path: str, device: str):
-        try:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(name_or_path)
-        except (OSError, ValueError) as err:
-            message = str(err).strip()
-            first = message.splitlines()[0][:120] if message else type(err).__name__
-            raise UserError(
-                f"could not load teacher {name_or_path!r} ({first}); connect to the Hugging Face "
-                "hub, or pass teacher=<local folder with config.json and model.safetensors> or "
-                f"teacher={CKPT_PREFIX}<out_dir of a run trained here>"
-            ) from None
+        model = load_pretrained(
+            "AutoModelForCausalLM",
+            name_or_path,
+            "connect to the Hugging Face hub, or pass teacher=<local folder with config.json and "
+            f"model.safetensors, saved with save_pretrained> or teacher={CKPT_PREFIX}<out_dir of a run "
+            "trained here>",
+        )
         self.model = _freeze(model, device)
         self.body = model.base_model
         self.head = model.get_output_embeddings()
