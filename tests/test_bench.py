@@ -1,5 +1,7 @@
 """bench.py end to end on a tiny trunk: variants, the augmenter rows and the filter check."""
 
+import pytest
+
 import bench
 
 TINY = [
@@ -13,6 +15,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # a child process per row: ~45 s
 def test_bench_reports_variants_and_the_augmenter_against_the_baseline(capsys):
     results = bench.main(
         [*TINY, "--variants=baseline,bayes", "--augmenter=True", "--augment_k=5", "--augment_window=8"]

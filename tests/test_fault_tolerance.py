@@ -31,6 +31,7 @@ from nanoGPT.prepare import write_meta
 from nanoGPT.tokenizer import load_meta
 from nanoGPT.train import move_aside_earlier_run, train
 from tests.conftest import tiny_config
+from tests.helpers import output_tail, run_checked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # fake secrets, built at run time so that this file itself holds none
@@ -161,14 +162,10 @@ def test_sample_refuses_a_crafted_checkpoint_in_one_line(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     torch.save({"format": FORMAT, "x": _RunsCode(str(marker))}, str(out_dir / "ckpt.pt"))
-    proc = subprocess.run(
-        [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_checked(
+        [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"], cwd=REPO, expect_returncode=2
     )
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "not a readable checkpoint" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "not a readable checkpoint" in proc.stderr, output_tail(proc)
     assert not marker.exists()
 
 
@@ -259,6 +256,7 @@ def assert_all_checkpoints_readable(out_dir):
     assert not [n for n in os.listdir(out_dir) if ".invalid" in n]
 
 
+@pytest.mark.slow
 def test_sigkilled_anywhere_and_rerun_equals_an_uninterrupted_run(char_data, tmp_path):
     # the uninterrupted run in this process, single-threaded like the killed ones
     threads = torch.get_num_threads()
@@ -294,9 +292,7 @@ def test_sigkilled_anywhere_and_rerun_equals_an_uninterrupted_run(char_data, tmp
         assert proc.returncode in (0, -9), stderr
         assert_all_checkpoints_readable(out_dir)
     assert kills == 3
-    subprocess.run(
-        run_command(char_data, root), cwd=REPO, env=env, check=True, capture_output=True, timeout=120
-    )
+    run_checked(run_command(char_data, root), cwd=REPO, env=env, timeout=120)
 
     straight = load_checkpoint(checkpoint_path(str(tmp_path / "straight" / "out")))
     resumed = load_checkpoint(checkpoint_path(out_dir))

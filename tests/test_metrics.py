@@ -187,6 +187,7 @@ def _reduce_worker(rank: int, world_size: int, init_file: str, result_file: str)
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes joining a gloo group
 def test_all_reduce_over_two_ranks_equals_one_process(tmp_path):
     result_file = str(tmp_path / "result.pt")
     mp.spawn(_reduce_worker, args=(2, str(tmp_path / "init"), result_file), nprocs=2)

@@ -6,8 +6,6 @@ through the same `load_dataset` code, and their offline failure is checked to be
 
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from nanoGPT.prepare import read_tokens, shakespeare_splits
 from nanoGPT.tokenizer import GPT2_EOT, SentencePieceTokenizer, load_tokenizer
 from nanoGPT.train import train
 from tests.conftest import tiny_config
-from tests.test_prepare import REPO, load_script, run_script
+from tests.test_prepare import load_script, run_script
 
 UNUSUAL = "Café — 日本語  two  spaces,\ttab, digits 1234\n\n\nand a last line without newline"
 
@@ -209,6 +207,7 @@ def test_offline_cli_prints_one_error_line(name, args, tmp_path):
         f"--out_dir={tmp_path}",
         f"--cache_dir={tmp_path / 'hf'}",
         *args,
+        returncode=2,
         HF_DATASETS_OFFLINE="1",
         HF_HUB_OFFLINE="1",
     )
@@ -301,20 +300,12 @@ def test_math_prepare_errors(math_files, tmp_path, kwargs, message):
 def test_prepare_scripts_run_as_commands(stories, tmp_path):
     _, files = stories
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "data" / "tinystories" / "prepare.py"),
-            f"--out_dir={out}",
-            f"--input={input_spec(files, 'parquet')}",
-            "--tokenizer=sp",
-            "--vocab_size=600",
-            f"--cache_dir={tmp_path / 'hf'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
+    result = run_script(
+        "tinystories",
+        f"--out_dir={out}",
+        f"--input={input_spec(files, 'parquet')}",
+        "--tokenizer=sp",
+        "--vocab_size=600",
+        f"--cache_dir={tmp_path / 'hf'}",
     )
-    assert result.returncode == 0, result.stderr
     assert "tokenizer.model: 600 pieces" in result.stdout and "meta.pkl" in result.stdout
