@@ -47,6 +47,12 @@ class RunLog:
             print(line, file=sys.stderr if err else sys.stdout, flush=True)
         self._append("train.log", line + "\n")
 
+    def ended(self, line: str) -> None:
+        """Append why the run ended (the console shows it already) to train.log, if this run
+        wrote anything: a run refused before it began leaves no files."""
+        if self.active and self.pending_header is None:
+            self._append("train.log", line + "\n")
+
     def warn(self, line: str) -> None:
         """A one-line warning on stderr and in train.log."""
         self.print(f"warning: {line}", err=True)

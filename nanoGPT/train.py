@@ -292,11 +292,10 @@ def wrap_model(model: GPT, cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
     return wrapped
 
 
-def setup(cfg: TrainConfig, rt: Runtime) -> tuple[Training, RunState]:
+def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunState]:
     """Data, tokenizer, model, optimizer, the resumed state and RNG, the DDP wrap, the augmenter."""
     torch.manual_seed(cfg.seed + rt.rank)
     data, tokenizer = load_data(cfg, rt)
-    log = RunLog(cfg, rt.master)
     if rt.master:
         remove_temp_files(cfg.out_dir)  # left by a save that was killed
         if cfg.init_from not in ("resume", "auto") and not cfg.eval_only:
@@ -349,14 +348,16 @@ def setup(cfg: TrainConfig, rt: Runtime) -> tuple[Training, RunState]:
 def train(cfg: TrainConfig) -> dict:
     """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
     rt = setup_runtime(cfg)
+    log = RunLog(cfg, rt.master)
     try:
         check_config(cfg, rt)
-        training, state = setup(cfg, rt)
-        try:
-            return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
-        finally:
-            training.log.close()
+        training, state = setup(cfg, rt, log)
+        return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
+    except (UserError, KeyboardInterrupt) as err:  # the console gets it from cli(); the log keeps it
+        log.ended(f"error: {err}" if isinstance(err, UserError) else "interrupted")
+        raise
     finally:
+        log.close()
         if rt.ddp and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -504,7 +505,6 @@ def stop_for_bad_steps(training: Training, state: RunState) -> None:
         "lengthen warmup_iters or check the data, then rerun with init_from=auto"
     )
     training.log.write({"iter": state.iter_num, "kind": "stopped", "reason": message})
-    training.log.print(f"error: {message}", console=False)  # the console gets it from the UserError
     raise UserError(message)
 
 

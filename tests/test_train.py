@@ -221,6 +221,10 @@ def test_train_log_holds_the_console_output_and_continues_on_resume(char_data, t
     assert lines[len(first)].startswith("=== ") and lines[len(first) + 1 :] == resumed
     assert resumed[0].startswith("resuming from") and "(iteration 4)" in resumed[0]
     assert "iter 6: loss" in resumed[-2] and resumed[-1].startswith("step 6:")
+    # an error that ends a run is the log's last line, as the console shows it (through cli())
+    with pytest.raises(UserError, match="trained as variant 'baseline'"):
+        train(dataclasses.replace(cfg, max_iters=8, init_from="resume", variant="smooth"))
+    assert "error: " in open(log_path).read().splitlines()[-1]
 
 
 @pytest.mark.slow  # three wandb starts: ~9 s
