@@ -1,20 +1,15 @@
 """sample.py: GPT-2 weights from a local Hugging Face folder, dtype autocast, compile."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+import sample  # the root script (pytest puts the repo root on sys.path)
 from nanoGPT.config import ModelConfig, TrainConfig
 from nanoGPT.errors import UserError
 from nanoGPT.model import GPT
 from nanoGPT.runtime import inference_runtime, setup_runtime
 from nanoGPT.sampling import compile_for_generation, generate
 from nanoGPT.tokenizer import gpt2_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sample  # noqa: E402  (the root script)
 
 PROMPT = "ROMEO: But soft, what light"
 

@@ -189,6 +189,21 @@ def test_no_function_is_longer_than_one_screen(where):
     assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(offenders)
 
 
+def test_nothing_edits_sys_path():
+    # the package is installed (pip install -e .), so scripts and tests import it from anywhere
+    paths = [*LIBRARY.rglob("*.py"), *ROOT_SCRIPTS, *REPO.glob("data/*/*.py"), *REPO.glob("tests/*.py")]
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in paths
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "path"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    ]
+    assert not offenders, offenders
+
+
 def test_run_checked_reports_the_childs_output():
     with pytest.raises(AssertionError, match="stderr tail:[\\s\\S]*boom"):
         run_checked([sys.executable, "-c", "import sys; print('out'); sys.exit('boom')"])
