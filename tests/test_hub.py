@@ -16,6 +16,7 @@ from nanoGPT.model import GPT
 from nanoGPT.tokenizer import gpt2_tokenizer
 
 CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens there, a connection is refused at once
+NOT_CACHED = "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
 
 
 @pytest.fixture
@@ -102,9 +103,9 @@ def test_offline_and_not_cached_fails_at_once(online, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", CLOSED_PORT)
     start = time.perf_counter()
-    with pytest.raises(UserError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*init_from="):
+    with pytest.raises(UserError, match=NOT_CACHED + ".*init_from="):
         GPT.from_pretrained("gpt2", ModelConfig())
-    with pytest.raises(UserError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*ckpt:"):
+    with pytest.raises(UserError, match=NOT_CACHED + ".*ckpt:"):
         HFTeacher("gpt2", "cpu")
     assert time.perf_counter() - start < 5
 
