@@ -189,6 +189,13 @@ def test_no_function_is_longer_than_one_screen(where):
     assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(offenders)
 
 
+def test_every_library_folder_is_a_package():
+    # pyproject finds packages by their __init__.py (include = ["nanoGPT*"]): a folder without one
+    # would work from the checkout and be missing from an installed wheel
+    folders = {p.parent for p in LIBRARY.rglob("*.py")}
+    assert not [str(f.relative_to(REPO)) for f in folders if not (f / "__init__.py").exists()]
+
+
 def test_nothing_edits_sys_path():
     # the package is installed (pip install -e .), so scripts and tests import it from anywhere
     paths = [*LIBRARY.rglob("*.py"), *ROOT_SCRIPTS, *REPO.glob("data/*/*.py"), *REPO.glob("tests/*.py")]
