@@ -2,6 +2,7 @@
 # the multi-hot variants get their extra positives from the pretrained GPT-2 teacher.
 #   python data/wikitext/prepare.py
 #   python compare.py config/compare_wikitext.py --seeds=1,2,3
+# Rows whose variant is not registered (distill, the baseline controls) are skipped.
 # Evaluation is on WikiText-103's own test split (never seen in training or model selection),
 # in bits per byte as well as per token. compare.py runs one process: for several GPUs per
 # run, train each run with torchrun train_<variant>.py into out/compare-wikitext/<variant>-seed<N>
@@ -33,8 +34,8 @@ eval_interval = 500
 eval_iters = 50
 log_interval = 50
 # augmenter: GPT-2's top 50 candidates, kept below perplexity 100 in a 64-token window
-augment = True
-teacher = "gpt2"
+rows = "baseline,baseline_untied,baseline_bias,smooth,sigmoid,sigmoid+aug,distill,bayes,bayes_sigmoid+aug"
+teacher = "gpt2"  # pretrained: nothing to train
 # the whole test split (~280k tokens, 1024-token windows) once
 final_eval_iters = 100
 prompts = "The history of the|In 1998, the band|The film was released|He was born in"

@@ -248,3 +248,63 @@ class MetricAccumulator:
             "accuracy": [s / n if n > 0 else None for s, n in zip(correct_sum, count)],
             "count": count,
         }
+
+
+class WindowAccumulator:
+    """Per-window sums of the held-out metrics, so a statistic can be recomputed on any
+    resample of windows (nanoGPT/stats.py): for each evaluation window the NLL sum, the count
+    of correct top-1 predictions, the Brier sum, the token count, and its calibration-bin
+    sums (count, confidence sum, correct sum per bin, as `calibration_bins`).
+
+    `update(log_probs, targets, window)` takes (N, V) normalised log-probs, (N,) target ids
+    and (N,) the index of the window each token belongs to; windows may arrive in any order.
+    """
+
+    def __init__(self, n_bins: int = ECE_BINS):
+        self.n_bins = n_bins
+        self.scalars = torch.zeros(0, 4, dtype=torch.float64)  # nll, correct, brier, tokens
+        self.bins = torch.zeros(0, 3, n_bins, dtype=torch.float64)
+
+    def _grow(self, num_windows: int) -> None:
+        extra = num_windows - self.scalars.size(0)
+        if extra > 0:
+            self.scalars = torch.cat([self.scalars, self.scalars.new_zeros(extra, 4)])
+            self.bins = torch.cat([self.bins, self.bins.new_zeros(extra, 3, self.n_bins)])
+
+    @torch.no_grad()
+    def update(self, log_probs: torch.Tensor, targets: torch.Tensor, window: torch.Tensor) -> None:
+        log_probs = log_probs.reshape(-1, log_probs.size(-1)).float()
+        targets, window = targets.reshape(-1), window.reshape(-1).long().cpu()
+        valid = (targets >= 0).cpu()
+        safe_targets = targets.clamp_min(0)
+        top_log_prob, top_id = log_probs.max(-1)
+        correct = (top_id == safe_targets).double().cpu()
+        values = torch.stack(
+            [
+                -log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1).double().cpu(),
+                correct,
+                brier(log_probs, safe_targets).double().cpu(),
+                torch.ones_like(correct),
+            ],
+            dim=1,
+        )
+        values, window = values[valid], window[valid]  # padding is in no window's sums
+        self._grow(int(window.max()) + 1 if window.numel() else 0)
+        self.scalars.index_add_(0, window, values)
+        confidence = top_log_prob.exp().double().cpu()[valid]
+        bin_index = (confidence * self.n_bins).long().clamp(0, self.n_bins - 1)
+        flat = self.bins.view(-1)  # (window, row, bin) -> window * 3B + row * B + bin
+        for row, row_values in enumerate((torch.ones_like(confidence), confidence, values[:, 1])):
+            flat.index_add_(0, window * 3 * self.n_bins + row * self.n_bins + bin_index, row_values)
+
+    def arrays(self) -> dict[str, list]:
+        """The per-window sums as plain lists (JSON- and numpy-ready): nll, correct, brier,
+        tokens (one value per window) and bins (per window, 3 x n_bins)."""
+        nll, correct, brier_sum, tokens = self.scalars.T.tolist()
+        return {
+            "nll": nll,
+            "correct": correct,
+            "brier": brier_sum,
+            "tokens": tokens,
+            "bins": self.bins.tolist(),
+        }

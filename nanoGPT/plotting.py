@@ -264,3 +264,38 @@ def plot_samples(
         ax.set_title(label, fontsize=10, loc="left")
         ax.axis("off")
     return _save_grid(fig, axes, len(labels), title, out_path)
+
+
+def logged_values(path: str, key: str) -> list[tuple[int, float]]:
+    """(iteration, value) of a key in one run's metrics.jsonl, from any kind of record."""
+    records = read_metrics(path)
+    points = {r["iter"]: r[key] for kind in records.values() for r in kind if r.get(key) is not None}
+    return sorted(points.items())
+
+
+def plot_logged_key(
+    runs: Mapping[str, str],
+    key: str,
+    out_path: str,
+    groups: Mapping[str, str] | None = None,
+    title: str = "",
+) -> str | None:
+    """One logged key over training (e.g. the Bayesian head's `sigma_mean`) for every run that
+    logged it (label -> metrics.jsonl), a colour per group; None when no run has the key."""
+    groups = groups or {label: label for label in runs}
+    curves = {label: logged_values(path, key) for label, path in runs.items()}
+    curves = {label: points for label, points in curves.items() if points}
+    if not curves:
+        return None
+    colour = _colours(list(dict.fromkeys(groups[label] for label in curves)))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    labelled: set[str] = set()
+    for label, points in curves.items():
+        group = groups[label]
+        ax.plot(*zip(*points), color=colour[group], lw=1, label=None if group in labelled else group)
+        labelled.add(group)
+    ax.set(xlabel="iteration", ylabel=key, title=title or f"{key} over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_path)

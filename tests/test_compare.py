@@ -1,23 +1,35 @@
-"""compare.py: a tiny comparison resumes after a kill, writes its report, reuses its runs; the table
-marks the right best values; the judge scores exactly the generated tokens; plotting."""
+"""compare.py / nanoGPT.compare: a tiny comparison resumes after a kill, writes its report, reuses
+its runs; rows and seeds parse; test is the final split when there is one; a cached augmenter run
+is never taken for the online one; the table bolds only a significantly best value; the judge
+scores exactly the generated tokens; tasks run in dependency order."""
 
 import dataclasses
 import json
 import math
+import operator
 import os
 
 import pytest
 import torch
 
 import compare
+import nanoGPT.compare.final_eval
+import nanoGPT.compare.runs
 import nanoGPT.train
 import plot_loss
-from compare import Column, CompareConfig, best_variants, format_table, judge_nll
 from nanoGPT.checkpoint import load_checkpoint
+from nanoGPT.compare import CompareConfig
+from nanoGPT.compare.final_eval import judge_nll
+from nanoGPT.compare.plan import final_split, parse_rows, plan_runs, selection_split, teacher_run
+from nanoGPT.compare.report import Column, format_table
+from nanoGPT.compare.runs import check_same_run, ensure_data
+from nanoGPT.compare.schedule import Task, run_tasks
 from nanoGPT.config import ModelConfig, apply_config
 from nanoGPT.errors import UserError
 from nanoGPT.model import GPT
 from nanoGPT.plotting import read_metrics
+from nanoGPT.prepare import shakespeare_splits, write_text_dataset
+from nanoGPT.tokenizer import CharTokenizer
 from nanoGPT.train import learning_rate, setup_runtime
 from tests.conftest import tiny_config
 
@@ -25,22 +37,37 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def tiny_compare(char_data, tmp_path, **overrides) -> CompareConfig:
-    train_cfg = tiny_config(char_data, tmp_path, max_iters=20, eval_interval=10, log_interval=5)
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> str:
+    """A slice of the plays, character level, with train, val and test splits."""
+    out_dir = str(tmp_path_factory.mktemp("small_char"))
+    text, splits = shakespeare_splits()
+    parts = {"train": splits["train"][:60_000], "val": splits["val"][:8_000], "test": splits["val"][-8_000:]}
+    write_text_dataset(out_dir, CharTokenizer.from_text(text), parts)
+    return out_dir
+
+
+def tiny_compare(data_dir, tmp_path, **overrides) -> CompareConfig:
+    train_cfg = tiny_config(data_dir, tmp_path, max_iters=20, eval_interval=10, log_interval=5)
     cfg = CompareConfig(**dataclasses.asdict(train_cfg))
     return dataclasses.replace(
         cfg,
         name="tiny",
-        variants="baseline,smooth,sigmoid",
+        rows="baseline,smooth,sigmoid+aug",
         seeds="1,2",
+        teacher="train",
+        teacher_overrides="max_iters=30;n_embd=48",
+        teacher_dir=str(tmp_path / "teachers"),
+        train_fraction=0.5,
         final_eval_iters=3,
+        bootstrap_replicates=200,
         prompts="ROMEO:|JULIET:",
         num_samples=2,
         sample_tokens=24,
-        augment=True,
-        teacher="baseline",
         augment_k=4,
-        augment_window=16,
+        augment_filter="prob",
+        augment_positions="all",
+        augment_source="cache",
         **overrides,
     )
 
@@ -52,13 +79,13 @@ def checkpoint_times(cfg: CompareConfig) -> dict[str, int]:
     }
 
 
-def test_compare_resumes_reports_then_reuses(char_data, tmp_path, monkeypatch):
-    cfg = tiny_compare(char_data, tmp_path)
+@pytest.mark.slow
+def test_compare_resumes_reports_then_reuses(small_data, tmp_path, monkeypatch):
+    cfg = tiny_compare(small_data, tmp_path)
     report_dir = os.path.join(cfg.log_dir, cfg.name)
-    runs = [f"{v}-seed{s}" for s in (1, 2) for v in ("baseline", "smooth", "sigmoid")]
+    runs = [f"{row}-seed{s}" for s in (1, 2) for row in ("baseline", "smooth", "sigmoid+aug")]
 
-    # the comparison is killed in its fifth run (smooth, seed 2) after that run's checkpoint
-    # of iteration 10
+    # killed in smooth seed 2 (the last run to train) after its checkpoint of iteration 10
     def killed_at_15(train_cfg, it):
         if (train_cfg.variant, train_cfg.seed, it) == ("smooth", 2, 15):
             raise KeyboardInterrupt
@@ -69,120 +96,158 @@ def test_compare_resumes_reports_then_reuses(char_data, tmp_path, monkeypatch):
         compare.compare(cfg)
     monkeypatch.undo()
 
-    # run again: finished runs are reused, the killed one resumes, the rest train
     first = compare.compare(cfg, command="python compare.py --tiny")
+    teacher = teacher_run(cfg, small_data)
     assert first["statuses"] == {
-        **{run: "reused" for run in runs[:4]},
+        teacher.name: "reused",
+        **{r: "reused" for r in runs},
         "smooth-seed2": "resumed",
-        "sigmoid-seed2": "trained",
     }
     assert sorted(os.listdir(cfg.out_dir)) == sorted(runs)
     resumed_log = read_metrics(os.path.join(report_dir, "smooth-seed2", "metrics.jsonl"))
     assert [e["iter"] for e in resumed_log["eval"]] == [0, 10, 20]
 
-    # the sigmoid runs learnt from the first seed's baseline as the augmenter's teacher
-    sigmoid_cfg = load_checkpoint(os.path.join(cfg.out_dir, "sigmoid-seed2", "ckpt.pt"))["config"]
-    assert sigmoid_cfg["augment"] is True and sigmoid_cfg["max_iters"] == 20
-    assert sigmoid_cfg["teacher"] == f"ckpt:{os.path.join(cfg.out_dir, 'baseline-seed1')}"
+    # the +aug runs learnt from the teacher's cached candidates
+    aug_cfg = load_checkpoint(os.path.join(cfg.out_dir, "sigmoid+aug-seed2", "ckpt.pt"))["config"]
+    assert aug_cfg["augment"] is True and aug_cfg["augment_source"] == "cache"
+    assert aug_cfg["teacher"] == f"ckpt:{teacher.cfg.out_dir}" and aug_cfg["train_fraction"] == 0.5
+    assert load_checkpoint(os.path.join(teacher.cfg.out_dir, "ckpt.pt"))["config"]["n_embd"] == 48
 
     report = open(os.path.join(report_dir, "report.md")).read()
-    for variant in ("baseline", "smooth", "sigmoid"):
-        assert f"| {variant} | " in report
+    for row in ("baseline", "smooth", "sigmoid+aug", "teacher (not a contestant)"):
+        assert f"| {row} | " in report
     assert "python compare.py --tiny" in report and "max_iters = 20" in report
-    assert " ± " in report and "**" in report  # two seeds, best values marked
+    assert (
+        "**test**" in report and "Teacher vs students" in report and "| sigmoid+aug | sigmoid |" not in report
+    )
+    assert "cache " in report and " ± " in report
     for png in ("loss.png", "reliability.png", "samples.png"):
         with open(os.path.join(report_dir, png), "rb") as f:
             assert f.read(8) == PNG_MAGIC, png
     samples = open(os.path.join(report_dir, "samples.md")).read()
-    assert samples.count("ROMEO:") == 3 * 2 * 2  # variants x seeds x samples per prompt
+    assert samples.count("ROMEO:") == 3 * 2 * 2  # rows x seeds x samples per prompt
 
     results = json.load(open(os.path.join(report_dir, "results.json")))
-    assert set(results["runs"]) == {"baseline", "smooth", "sigmoid"}
-    run = results["runs"]["sigmoid"]["2"]
-    metrics = run["metrics"]
-    for key in (
-        "nll",
-        "ppl",
-        "bpb",
-        "acc",
-        "ece",
-        "brier",
-        "bce",
-        "set_size",
-        "distinct_1",
-        "distinct_4",
-        "self_bleu",
-        "sample_ppl",
-        "ms_per_iter",
-    ):
-        assert metrics[key] is not None and math.isfinite(metrics[key]), key
-    assert metrics["ppl"] == pytest.approx(math.exp(metrics["nll"]))
-    assert sum(run["reliability"]["count"]) == metrics["tokens"]
-    # every run is measured on the same held-out windows
-    assert {r["metrics"]["tokens"] for seeds in results["runs"].values() for r in seeds.values()} == {
-        metrics["tokens"]
-    }
-    summary = results["summary"]["baseline"]["nll"]
-    seed_nlls = [results["runs"]["baseline"][s]["metrics"]["nll"] for s in ("1", "2")]
-    assert summary["mean"] == pytest.approx(sum(seed_nlls) / 2) and summary["n"] == 2
+    run = results["runs"]["sigmoid+aug"]["2"]
+    assert run["split"] == "test" and run["checkpoint"] == "best"
+    for key in ("nll", "ppl", "bpb", "acc", "ece", "brier", "bce", "distinct_1", "sample_ppl", "ms_per_iter"):
+        assert math.isfinite(run["metrics"][key]), key
+    assert sum(run["reliability"]["count"]) == run["metrics"]["tokens"]
+    verdict = results["verdicts"]["smooth"]["baseline"]["nll"]
+    assert (
+        verdict["verdict"] in ("better", "worse", "no detectable difference")
+        and verdict["low"] <= verdict["high"]
+    )
+    assert results["teacher_gap"]["reference"] == pytest.approx(results["summary"]["baseline"]["nll"]["mean"])
 
-    # a third run trains nothing and evaluates nothing: checkpoints and evaluations are reused
+    # a third invocation trains nothing and evaluates nothing
     before = checkpoint_times(cfg)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was trained or evaluated again")
 
-    monkeypatch.setattr(compare, "train", must_not_run)
-    monkeypatch.setattr(compare, "evaluate", must_not_run)
+    monkeypatch.setattr(nanoGPT.compare.runs, "train", must_not_run)
+    monkeypatch.setattr(nanoGPT.compare.final_eval, "evaluate", must_not_run)
     again = compare.compare(cfg)
-    assert set(again["statuses"].values()) == {"reused"}
-    assert checkpoint_times(cfg) == before
+    assert set(again["statuses"].values()) == {"reused"} and checkpoint_times(cfg) == before
     assert again["summary"] == first["summary"]
 
     # the same out_dir with another budget is refused, naming the difference
     with pytest.raises(UserError, match="max_iters=20"):
         compare.compare(dataclasses.replace(cfg, max_iters=30))
 
-    # plot_loss.py draws any set of finished runs from their metrics.jsonl
     out = str(tmp_path / "curves.png")
     plot_loss.main([report_dir, f"--out={out}"])
     with open(out, "rb") as f:
         assert f.read(8) == PNG_MAGIC
 
 
-def summary_of(**columns):
-    """variant -> metric -> stats from {metric: {variant: (mean, std)}}."""
-    summary: dict = {}
-    for metric, values in columns.items():
-        for variant, (mean, std) in values.items():
-            summary.setdefault(variant, {})[metric] = {"mean": mean, "std": std, "n": 2}
-    return summary
+def test_rows_parse_variants_augmenter_and_overrides():
+    rows, skipped = parse_rows("baseline, smooth(label_smoothing=0.1;dropout=0.1),sigmoid+aug,nope,sigmoid")
+    assert [(r.label, r.variant, r.augment) for r in rows] == [
+        ("baseline", "baseline", False),
+        ("smooth(label_smoothing=0.1;dropout=0.1)", "smooth", False),
+        ("sigmoid+aug", "sigmoid", True),
+        ("sigmoid", "sigmoid", False),
+    ]
+    assert dict(rows[1].overrides) == {"label_smoothing": 0.1, "dropout": 0.1} and skipped == ["nope"]
+    assert "(" not in rows[1].slug and rows[2].slug == "sigmoid+aug"
+    with pytest.raises(UserError, match="reference"):
+        parse_rows("nope,baseline")
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_rows("baseline,smooth(label_smooth=0.1)")
 
 
-def test_best_values_respect_each_columns_direction():
+def test_final_split_is_test_when_the_data_has_one(small_data, char_data, tmp_path):
+    assert (final_split(small_data), selection_split(small_data)) == ("test", "val")
+    assert (final_split(char_data), selection_split(char_data)) == ("val", "val")
+    cfg = tiny_compare(small_data, tmp_path)
+    rows, _ = parse_rows(cfg.rows)
+    runs = plan_runs(cfg, small_data, rows, teacher_run(cfg, small_data))
+    assert {r.cfg.eval_split for r in runs} == {"val"}  # training picks best.pt on val, never test
+
+
+def test_cached_and_online_runs_are_not_confused(small_data, tmp_path):
+    cfg = tiny_compare(small_data, tmp_path)
+    rows, _ = parse_rows("baseline,sigmoid+aug")
+    teacher = teacher_run(cfg, small_data)
+    cached = next(r for r in plan_runs(cfg, small_data, rows, teacher) if r.cfg.augment)
+    online_cfg = dataclasses.replace(cfg, augment_source="online")
+    online = next(r for r in plan_runs(online_cfg, small_data, rows, teacher) if r.cfg.augment)
+    assert (
+        cached.cfg.augment_cache and cached.cfg.teacher == online.cfg.teacher == f"ckpt:{teacher.cfg.out_dir}"
+    )
+    saved_online, saved_cached = dataclasses.asdict(online.cfg), dataclasses.asdict(cached.cfg)
+    with pytest.raises(UserError, match="augment_(source|cache)="):
+        check_same_run(saved_online, cached.cfg, "ckpt.pt")
+    with pytest.raises(UserError, match="augment_(source|cache)="):
+        check_same_run(saved_cached, online.cfg, "ckpt.pt")
+    check_same_run(saved_cached, cached.cfg, "ckpt.pt")  # the same run is reused
+    check_same_run({**saved_online, "augment_cache": "other"}, online.cfg, "ckpt.pt")  # online reads no cache
+    other_cache = {**saved_cached, "augment_cache": "other"}
+    with pytest.raises(UserError, match="augment_cache='other'"):
+        check_same_run(other_cache, cached.cfg, "ckpt.pt")
+    # a cache is named after the teacher and the candidate settings: another k, another cache
+    more = next(
+        r
+        for r in plan_runs(dataclasses.replace(cfg, augment_k=8), small_data, rows, teacher)
+        if r.cfg.augment
+    )
+    assert more.cfg.augment_cache != cached.cfg.augment_cache
+
+
+def test_teacher_is_kept_by_data_and_settings(small_data, tmp_path):
+    cfg = tiny_compare(small_data, tmp_path)
+    teacher = teacher_run(cfg, small_data)
+    assert teacher.cfg.train_fraction == 1.0 and teacher.cfg.n_embd == 48 and teacher.cfg.max_iters == 30
+    assert teacher.cfg.out_dir.startswith(cfg.teacher_dir) and os.path.basename(small_data) in teacher.name
+    assert teacher_run(dataclasses.replace(cfg, name="other", seeds="3"), small_data).name == teacher.name
+    assert (
+        teacher_run(dataclasses.replace(cfg, teacher_overrides="max_iters=31"), small_data).name
+        != teacher.name
+    )
+    assert teacher_run(dataclasses.replace(cfg, teacher="gpt2"), small_data) is None
+
+
+def test_bold_marks_only_the_significantly_best():
     columns = [
         Column("nll", "NLL", "lower", ""),
+        Column("ppl", "ppl", "lower", ""),
         Column("acc", "acc", "higher", ""),
-        Column("mutual_information", "MI", "", ""),
     ]
-    summary = summary_of(
-        nll={"baseline": (2.5, 0.1), "smooth": (2.25, 0.05), "bayes": (2.75, 0.2)},
-        acc={"baseline": (0.4, 0.01), "smooth": (0.3, 0.02), "bayes": (0.4, 0.03)},
-        mutual_information={"bayes": (0.5, 0.01)},
-        distinct_1={"baseline": (1.0, 0.0), "smooth": (1.0, 0.0), "bayes": (1.0, 0.0)},
-    )
-    columns.append(Column("distinct_1", "dist-1", "higher", ""))
-    # ties all win, unless every variant ties: then no cell is marked
-    assert best_variants(summary, columns) == {"nll": {"smooth"}, "acc": {"baseline", "bayes"}}
+    stats = lambda mean: {"mean": mean, "std": 0.1, "n": 3}  # noqa: E731
+    summary = {
+        "baseline": {"nll": stats(2.5), "ppl": stats(12.2), "acc": stats(0.4)},
+        "smooth": {"nll": stats(2.25), "ppl": stats(9.5), "acc": stats(0.41)},
+    }
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-        for line in format_table(summary, columns).splitlines()[2:]
+        for line in format_table(summary, {"nll": "smooth"}, columns).splitlines()[2:]
     }
-    assert rows["smooth"] == ["**2.25 ± 0.05**", "0.3 ± 0.02", "–", "1 ± 0"]
-    assert rows["baseline"] == ["2.5 ± 0.1", "**0.4 ± 0.01**", "–", "1 ± 0"]
-    assert rows["bayes"] == ["2.75 ± 0.2", "**0.4 ± 0.03**", "0.5 ± 0.01", "1 ± 0"]  # MI: no best
-    header = format_table(summary, columns).splitlines()[0]
-    assert "NLL ↓" in header and "acc ↑" in header
+    # nll decides ppl too; acc has no significantly best row, so nothing is bold there
+    assert rows["smooth"] == ["**2.25 ± 0.1**", "**9.5 ± 0.1**", "0.41 ± 0.1"]
+    assert rows["baseline"] == ["2.5 ± 0.1", "12.2 ± 0.1", "0.4 ± 0.1"]
+    assert "NLL ↓" in format_table(summary, {}, columns).splitlines()[0]
 
 
 def test_judge_scores_each_generated_token_from_its_context():
@@ -203,8 +268,7 @@ def test_judge_scores_each_generated_token_from_its_context():
         nll, count = judge_nll(judge, prompt, generated, rt)
         assert count == len(generated)
         assert nll == pytest.approx(reference(prompt + generated, len(prompt)), rel=1e-5)
-    # a prompt longer than the block: only the windows after it
-    long_prompt = list(range(1, 11))
+    long_prompt = list(range(1, 11))  # longer than the block: only the windows after it
     nll, count = judge_nll(judge, long_prompt, [3, 4], rt)
     assert count == 2 and nll == pytest.approx(reference(long_prompt + [3, 4], 10), rel=1e-5)
 
@@ -223,24 +287,42 @@ def test_read_metrics_keeps_the_last_record_of_an_iteration(tmp_path):
     assert [r["iter"] for r in records["eval"]] == [0]
 
 
-@pytest.mark.parametrize("config", ["config/compare_shakespeare.py", "config/compare_wikitext.py"])
+def test_tasks_run_after_what_they_need():
+    tasks = [Task("a", operator.add, (1, 2)), Task("b", operator.mul, (3, 4), after=("a",))]
+    assert run_tasks(tasks) == {"a": 3, "b": 12}
+    with pytest.raises(ValueError, match="not listed before"):
+        run_tasks(list(reversed(tasks)))
+
+
+@pytest.mark.slow
+def test_tasks_run_in_worker_processes():
+    tasks = [Task(str(i), operator.mul, (i, i), after=(str(i - 1),) if i else ()) for i in range(4)]
+    assert run_tasks(tasks, jobs=2) == {str(i): i * i for i in range(4)}
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["config/compare_shakespeare.py", "config/compare_shakespeare_char.py", "config/compare_wikitext.py"],
+)
 def test_config_files_load(config):
     cfg = apply_config(CompareConfig(), [os.path.join(REPO, config)])
-    assert set(compare.parse_variants(cfg.variants)) == set(compare.VARIANTS)
+    rows, _ = parse_rows(cfg.rows)
+    assert rows[0].variant == "baseline" and len(rows) >= 2
     assert cfg.max_iters > 0 and cfg.num_samples >= 2 and len(cfg.prompts.split("|")) >= 2
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--variants=baseline,nope"], "unknown variant 'nope'"),
+        (["--rows=nope,baseline"], "the first row ('nope') is the reference"),
+        (["--rows=baseline,sigmoid+"], "must look like VARIANT"),
         (["--seeds=1,x"], "seeds must be comma-separated integers"),
         (["--n_layers=2"], "did you mean n_layer"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        compare.main(["--device=cpu", "--data_dir=/no/such/dir", *args])
+        compare.main(["--device=cpu", "--data_dir=/no/such/dir", "--teacher=gpt2", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
@@ -255,6 +337,6 @@ def test_missing_data_is_prepared_by_its_script(char_data, tmp_path, monkeypatch
         "    for name in ('train.bin', 'val.bin', 'meta.pkl'):\n"
         f"        shutil.copy(os.path.join({char_data!r}, name), {str(folder)!r})\n"
     )
-    monkeypatch.setattr(compare, "resolve_data_dir", lambda dataset, data_dir="": str(folder))
-    assert compare.ensure_data(CompareConfig(dataset="plays")) == str(folder)
+    monkeypatch.setattr(nanoGPT.compare.runs, "resolve_data_dir", lambda dataset, data_dir="": str(folder))
+    assert ensure_data(CompareConfig(dataset="plays")) == str(folder)
     assert {"train.bin", "val.bin", "meta.pkl"} <= set(os.listdir(folder))

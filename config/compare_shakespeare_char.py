@@ -1,0 +1,35 @@
+# A quick look (about 3 minutes on 2 CPU cores): the char-level embedded Shakespeare, fewer rows,
+# one seed, no teacher-trained rows. Verdicts from one seed are about windows only; the default
+# (config/compare_shakespeare.py) is the comparison that can decide.
+#   python compare.py config/compare_shakespeare_char.py
+name = "compare-shakespeare-char"
+out_dir = "out/compare-shakespeare-char"
+dataset = "shakespeare_char"
+device = "cpu"
+compile = False
+jobs = 2  # two one-thread processes
+rows = "baseline,smooth,sigmoid,bayes"
+seeds = "1"
+teacher = "train"
+teacher_overrides = "max_iters=400;lr_decay_iters=400"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+bias = False
+dropout = 0.0
+batch_size = 32
+max_iters = 300
+lr_decay_iters = 300
+learning_rate = 5e-3
+min_lr = 5e-4
+warmup_iters = 30
+beta2 = 0.99
+eval_interval = 100
+eval_iters = 10
+log_interval = 100
+final_eval_iters = 25
+prompts = "ROMEO:|JULIET:"
+num_samples = 2
+sample_tokens = 150
+temperature = 0.8
