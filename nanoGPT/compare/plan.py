@@ -4,7 +4,7 @@ A row is written VARIANT[+aug][(key=value;key=value)]:
     baseline                       the reference: every verdict is against the first row
     sigmoid+aug                    trained on the teacher's candidates (the augmenter)
     smooth(label_smoothing=0.1)    any TrainConfig keys on top of the shared budget
-A variant whose class says it needs the teacher (`needs_teacher`, e.g. distill) gets +aug
+A variant whose class trains on the teacher's probabilities (`uses_teacher_probs`: distill) gets +aug
 implicitly. Rows naming a variant that is not registered are skipped and reported.
 """
 
@@ -111,7 +111,8 @@ def parse_overrides(text: str, where: str) -> dict[str, Any]:
 
 
 def needs_teacher(variant: str) -> bool:
-    return bool(getattr(VARIANTS.get(variant), "needs_teacher", False))
+    """A variant that trains on the teacher's probabilities (distill) always has the augmenter."""
+    return bool(getattr(VARIANTS.get(variant), "uses_teacher_probs", False))
 
 
 def parse_row(item: str) -> Row:
