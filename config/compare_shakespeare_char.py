@@ -1,6 +1,7 @@
-# A quick look (about 3 minutes on 2 CPU cores): the char-level embedded Shakespeare, fewer rows,
-# one seed, no teacher-trained rows. Verdicts from one seed are about windows only; the default
-# (config/compare_shakespeare.py) is the comparison that can decide.
+# A quick look at the char-level embedded Shakespeare: four rows, one seed, no +aug row (a cache
+# over the 4.5M-character train.bin would cost more than the whole preset); the teacher (the
+# same model, longer) only judges the samples and sets the students' NLL in context. Verdicts
+# from one seed only resample windows; config/compare_shakespeare.py is the one that decides.
 #   python compare.py config/compare_shakespeare_char.py
 name = "compare-shakespeare-char"
 out_dir = "out/compare-shakespeare-char"

@@ -31,6 +31,7 @@ from nanoGPT.plotting import read_metrics
 from nanoGPT.prepare import shakespeare_splits, write_text_dataset
 from nanoGPT.tokenizer import CharTokenizer
 from nanoGPT.train import learning_rate, setup_runtime
+from nanoGPT.variants import VARIANTS
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,6 +173,8 @@ def test_rows_parse_variants_augmenter_and_overrides():
     ]
     assert dict(rows[1].overrides) == {"label_smoothing": 0.1, "dropout": 0.1} and skipped == ["nope"]
     assert "(" not in rows[1].slug and rows[2].slug == "sigmoid+aug"
+    if "distill" in VARIANTS:  # trains on the teacher's probabilities: the augmenter always
+        assert parse_rows("baseline,distill")[0][1].augment
     with pytest.raises(UserError, match="reference"):
         parse_rows("nope,baseline")
     with pytest.raises(UserError, match="KEY=VALUE"):
