@@ -53,8 +53,13 @@ class ModelConfig:
     pos_weight: float = 1.0  # sigmoid variants: weight of the positive terms of the BCE
     distill_alpha: float = 0.5  # distill: target weight of the true token; 1 - alpha on the teacher
     distill_temperature: float = 1.0  # distill: the teacher's top-k renormalised as p^(1/temperature)
-    prior_sigma: float = 1.0  # bayes variants: std of the Gaussian prior on the head
+    prior_sigma: float = 1.0  # bayes variants: std of the prior on the head (the broad one of a mixture)
+    bayes_prior: str = "gaussian"  # bayes variants: gaussian (closed-form KL) | scale_mixture | laplace
+    prior_sigma2: float = 0.0025  # scale_mixture: std of the narrow component (Blundell et al.: e^-6)
+    prior_mix_weight: float = 0.5  # scale_mixture: weight pi of the prior_sigma component
     posterior_init_sigma: float = 1e-3  # bayes variants: initial posterior std
+    posterior_sigma_scale: float = 10.0  # bayes variants: log sigma = scale * theta; Adam moves it scale x faster
+    bayes_backend: str = "fast"  # bayes variants: fast (fused kernels) | pyro (PyroModule + AutoNormal + Trace_ELBO)
     kl_weight: float = 1.0  # bayes variants: ELBO = E[loss] + kl_weight * KL / kl_num_tokens
     kl_num_tokens: int = 0  # N in the ELBO; 0 = number of training tokens in one epoch
     bayes_estimator: str = "weight"  # bayes variants: weight (one sample per step) | local (per token)

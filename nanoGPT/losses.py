@@ -136,47 +136,54 @@ def sparse_bce(
     return loss, is_positive.sum(-1)
 
 
-def inverse_softplus(sigma: float) -> float:
-    return sigma + math.log(-math.expm1(-sigma))  # log(exp(sigma) - 1) without overflow
-
-
 class GaussianPosteriorSample(torch.autograd.Function):
-    """For q = N(mu, softplus(rho)^2) elementwise: (a sample mu + sigma * eps if `draw`, else an
-    empty tensor; KL(q || N(0, prior_sigma^2)) summed over every entry), float32.
+    """For q = N(mu, sigma^2) elementwise with log sigma = sigma_scale * theta: (a sample
+    mu + sigma * eps if `draw`, else an empty tensor; KL(q || N(0, prior_sigma^2)) summed over
+    every entry; the detached moments [sum sigma, sum sigma^2] for logging), float32.
+
+    theta is log sigma in units of 1/sigma_scale, so that Adam, which moves a parameter by about
+    the learning rate per step whatever its gradient's size, moves log sigma sigma_scale times
+    faster than the means: the posterior can widen or narrow by orders of magnitude in a normal
+    training budget (README, "Bayesian heads").
 
     The same closed form pyro's kl_divergence gives (VariationalLinear.kl, which the tests hold
     this to, in value and gradient), written out with its gradient by hand:
         KL = sum log(prior / sigma) + (sigma^2 + mu^2) / (2 prior^2) - 1/2
-        dKL/dmu = mu / prior^2,    dKL/dsigma = sigma / prior^2 - 1 / sigma,
-    and d(sample)/dmu = 1, d(sample)/dsigma = eps, dsigma/drho = sigmoid(rho). At the GPT-2
+        dKL/dmu = mu / prior^2,    dKL/dtheta = sigma_scale * (sigma^2 / prior^2 - 1),
+    and d(sample)/dmu = 1, d(sample)/dtheta = sigma_scale * sigma * eps. At the GPT-2
     vocabulary mu is 50257 x n_embd: autograd through pyro's KL and a separate sample makes
     about twenty such temporaries per step, each a full pass over memory; this makes seven."""
 
     @staticmethod
-    def forward(ctx, mu: torch.Tensor, rho: torch.Tensor, prior_sigma: float, draw: bool):
+    def forward(
+        ctx, mu: torch.Tensor, theta: torch.Tensor, sigma_scale: float, prior_sigma: float, draw: bool
+    ):
         with torch.autocast(mu.device.type, enabled=False):  # float32 parameters stay float32
-            sigma = F.softplus(rho)
+            sigma = torch.mul(theta, sigma_scale).exp_()
             flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
-            squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
+            sigma_squares = torch.dot(flat_sigma, flat_sigma)
             kl = (
-                squares / (2 * prior_sigma**2)
-                - torch.log(sigma).sum()
+                (sigma_squares + torch.dot(flat_mu, flat_mu)) / (2 * prior_sigma**2)
+                - sigma_scale * theta.sum()  # - sum log sigma
                 + (math.log(prior_sigma) - 0.5) * mu.numel()
             )
             eps = torch.randn_like(mu) if draw else None
             sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
-        ctx.prior_sigma, ctx.draw = prior_sigma, draw
-        ctx.save_for_backward(mu, rho, sigma, eps)
-        return sample, kl
+            moments = torch.stack([flat_sigma.sum(), sigma_squares])
+        ctx.prior_sigma, ctx.sigma_scale, ctx.draw = prior_sigma, sigma_scale, draw
+        ctx.mark_non_differentiable(moments)
+        ctx.save_for_backward(mu, sigma, eps)
+        return sample, kl, moments
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor):
-        mu, rho, sigma, eps = ctx.saved_tensors
+    def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor, grad_moments: torch.Tensor):
+        mu, sigma, eps = ctx.saved_tensors
         prior_var = ctx.prior_sigma**2
-        grad_sigma = sigma.reciprocal().neg_().add_(sigma, alpha=1 / prior_var).mul_(grad_kl)
+        # dL/dtheta / sigma_scale = sigma * dL/dsigma
+        grad_theta = sigma.square().sub_(prior_var).mul_(grad_kl / prior_var)
         grad_mu = mu * (grad_kl / prior_var)
         if ctx.draw:
-            grad_sigma.addcmul_(grad_sample, eps)
+            grad_theta.addcmul_(grad_sample, eps.mul_(sigma))  # eps is not needed after this
             grad_mu.add_(grad_sample)
-        return grad_mu, grad_sigma.mul_(torch.sigmoid(rho)), None, None
+        return grad_mu, grad_theta.mul_(ctx.sigma_scale), None, None, None

@@ -85,8 +85,7 @@ def dense_bce(logits: torch.Tensor, targets, extra, pos_weight: float) -> torch.
 
 def mean_field_logits(head: VariationalLinear, hidden: torch.Tensor, eps: torch.Tensor):
     """Reference sampled logits of the local reparameterisation, written out by hand."""
-    weight_sigma = F.softplus(head.weight_rho)
-    bias_sigma = F.softplus(head.bias_rho)
+    weight_sigma, bias_sigma = head.sigmas()
     mean = hidden @ head.weight_mu.T + head.bias_mu
     var = hidden.square() @ weight_sigma.square().T + bias_sigma.square()
     return mean + var.sqrt() * eps
@@ -97,8 +96,9 @@ def randomise_posterior(head: VariationalLinear, seed: int = 1) -> None:
     with torch.no_grad():
         for p in (head.weight_mu, head.bias_mu):
             p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-        for p in (head.weight_rho, head.bias_rho):
-            p.copy_(torch.randn(p.shape, generator=generator) - 1.0)
+        for p in (head.weight_theta, head.bias_theta):  # sigma = softplus(N(-1, 1)), as before
+            sigma = F.softplus(torch.randn(p.shape, generator=generator) - 1.0)
+            p.copy_(sigma.log() / head.sigma_scale)
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -276,8 +276,9 @@ def test_bayes_weight_estimator_is_one_shared_weight_sample_plus_scaled_kl(name)
     torch.manual_seed(11)
     loss, _ = model.variant.loss(hidden, y)
     torch.manual_seed(11)
-    weight = head.weight_mu + F.softplus(head.weight_rho) * torch.randn_like(head.weight_mu)
-    bias = head.bias_mu + F.softplus(head.bias_rho) * torch.randn_like(head.bias_mu)
+    weight_sigma, bias_sigma = head.sigmas()
+    weight = head.weight_mu + weight_sigma * torch.randn_like(head.weight_mu)
+    bias = head.bias_mu + bias_sigma * torch.randn_like(head.bias_mu)
     logits = hidden @ weight.T + bias
     if name == "bayes":
         data = F.cross_entropy(logits.view(-1, V), y.view(-1))
@@ -287,12 +288,11 @@ def test_bayes_weight_estimator_is_one_shared_weight_sample_plus_scaled_kl(name)
 
 
 def test_kl_is_the_closed_form_over_every_weight_and_bias():
-    head = VariationalLinear(C, V, prior_sigma=0.7, init_sigma=1e-3)
+    head = VariationalLinear(C, V, prior_sigma=0.7, init_sigma=1e-3, sigma_scale=10.0)
     randomise_posterior(head)
     prior_sigma = 0.7
     expected = 0.0
-    for mu, rho in ((head.weight_mu, head.weight_rho), (head.bias_mu, head.bias_rho)):
-        sigma = F.softplus(rho)
+    for mu, sigma in zip((head.weight_mu, head.bias_mu), head.sigmas()):
         expected = (
             expected
             + (torch.log(prior_sigma / sigma) + (sigma**2 + mu**2) / (2 * prior_sigma**2) - 0.5).sum()
@@ -318,8 +318,9 @@ def test_bayes_parameters_skip_weight_decay_and_init_from_embedding():
     assert model.transformer.wte.weight is not head.weight_mu
     for p in head.parameters():
         assert getattr(p, "no_weight_decay", False)
-    torch.testing.assert_close(F.softplus(head.weight_rho), torch.full((V, C), 1e-3))
-    torch.testing.assert_close(F.softplus(head.bias_rho), torch.full((V,), 1e-3))
+    weight_sigma, bias_sigma = head.sigmas()
+    torch.testing.assert_close(weight_sigma, torch.full((V, C), 1e-3))
+    torch.testing.assert_close(bias_sigma, torch.full((V,), 1e-3))
     assert 0.01 < head.weight_mu.std().item() < 0.03
     embedding = torch.randn(V, C)
     model.variant.init_head_from(embedding)
@@ -377,8 +378,8 @@ def test_normalised_sigmoid_is_stable_for_very_negative_logits():
 def test_bayes_sigmoid_predictive_rows_match_single_rows_when_deterministic():
     model = tiny_gpt("bayes_sigmoid")
     with torch.no_grad():
-        model.variant.lm_head.weight_rho.fill_(-30.0)
-        model.variant.lm_head.bias_rho.fill_(-30.0)
+        model.variant.lm_head.weight_theta.fill_(-3.0)  # sigma = e^-30
+        model.variant.lm_head.bias_theta.fill_(-3.0)
         hidden = torch.randn(2, C)
         both = model.variant.log_probs(hidden)
         rows = torch.cat([model.variant.log_probs(hidden[i : i + 1]) for i in range(2)])
@@ -412,8 +413,8 @@ def test_bayesian_samples_differ_and_mutual_information_is_nonnegative(name):
 def test_mutual_information_vanishes_without_posterior_uncertainty(name):
     model = tiny_gpt(name)
     with torch.no_grad():
-        model.variant.lm_head.weight_rho.fill_(-30.0)
-        model.variant.lm_head.bias_rho.fill_(-30.0)
+        model.variant.lm_head.weight_theta.fill_(-3.0)  # sigma = e^-30
+        model.variant.lm_head.bias_theta.fill_(-3.0)
         x, y = text_batch()
         hidden = model.hidden_states(x)
         log_probs, stats = model.variant.evaluate(hidden, y)
@@ -487,20 +488,24 @@ def test_loss_falls_and_autocast_is_safe(name):
 def test_fused_posterior_sample_and_kl_equal_autograd_through_pyro(draw):
     """The fused sample + closed-form KL that training uses, against autograd through the
     plain sample and pyro's kl_divergence (VariationalLinear.kl): values and gradients."""
-    head = VariationalLinear(C, V, prior_sigma=0.7, init_sigma=1e-3)
+    head = VariationalLinear(C, V, prior_sigma=0.7, init_sigma=1e-3, sigma_scale=10.0)
     randomise_posterior(head)
     upstream = torch.randn(V, C)
-    params = (head.weight_mu, head.weight_rho, head.bias_mu, head.bias_rho)
+    params = (head.weight_mu, head.weight_theta, head.bias_mu, head.bias_theta)
 
     def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.autograd.grad(loss, params))
 
     torch.manual_seed(5)
-    sample, weight_kl = GaussianPosteriorSample.apply(head.weight_mu, head.weight_rho, 0.7, draw)
-    fused_kl = weight_kl + GaussianPosteriorSample.apply(head.bias_mu, head.bias_rho, 0.7, draw)[1]
+    sample, weight_kl, moments = GaussianPosteriorSample.apply(
+        head.weight_mu, head.weight_theta, 10.0, 0.7, draw
+    )
+    fused_kl = weight_kl + GaussianPosteriorSample.apply(head.bias_mu, head.bias_theta, 10.0, 0.7, draw)[1]
     fused_loss = 0.3 * fused_kl + ((sample * upstream).sum() if draw else 0)
     torch.manual_seed(5)
-    reference_sample = head.weight_mu + F.softplus(head.weight_rho) * torch.randn(V, C)
+    weight_sigma = head.sigmas()[0]
+    reference_sample = head.weight_mu + weight_sigma * torch.randn(V, C)
+    torch.testing.assert_close(moments, torch.stack([weight_sigma.sum(), weight_sigma.square().sum()]))
     reference_loss = 0.3 * head.kl() + ((reference_sample * upstream).sum() if draw else 0)
     torch.testing.assert_close(fused_kl, head.kl())
     torch.testing.assert_close(head.fused_kl(), head.kl())

@@ -4,6 +4,7 @@ mean over S weight samples of the per-row normalised sigmoid scores."""
 
 from __future__ import annotations
 
+import pyro
 import torch
 
 from nanoGPT.losses import sparse_bce
@@ -21,9 +22,13 @@ class BayesSigmoid(Bayes):
     def reset_parameters(self) -> None:
         self.lm_head.reset_parameters(bias=sigmoid_bias_init(self.config.vocab_size))
 
-    def data_loss(self, logits, targets, extra_positives) -> tuple[torch.Tensor, Stats]:
+    def data_losses(self, logits, targets, extra_positives) -> tuple[torch.Tensor, Stats]:
         per_position, num_positives = sparse_bce(logits, targets, extra_positives, self.config.pos_weight)
-        return per_position.mean(), {"positives": num_positives.float().mean()}
+        return per_position, {"positives": num_positives.float().mean()}
+
+    def observe(self, logits, targets, extra_positives) -> None:
+        """The BCE is no distribution over the targets: a factor of -BCE per position."""
+        pyro.factor("bce", -sparse_bce(logits, targets, extra_positives, self.config.pos_weight)[0])
 
     def sample_log_probs(self, sample_logits: torch.Tensor) -> torch.Tensor:
         return normalised_sigmoid_log_probs(sample_logits)
