@@ -156,7 +156,10 @@ class PyroHead(nn.Module):
     """A mean-field Gaussian head trained through Pyro: `elbo_loss` is Trace_ELBO's estimate
     of the negative ELBO per token, E_q[data loss] + kl_weight * KL / N, with one weight sample.
     The guide's parameters (locs.weight, scales.weight, locs.bias, scales.bias) are created at
-    construction, so the optimizer and checkpoints see them."""
+    construction, so the optimizer and checkpoints see them. Every Pyro call runs with
+    module_local_params: the parameters live in their modules, never in Pyro's global param
+    store, where two heads in one process (a comparison, the tests) would share them by name.
+    The guide's std uses the fast path's exp(posterior_sigma_scale * theta) parameterisation."""
 
     def __init__(self, config: ModelConfig, observe: Callable):
         super().__init__()
@@ -175,15 +178,18 @@ class PyroHead(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, bias: float = 0.0) -> None:
-        with pyro.settings.context(module_local_params=True):
-            self.guide.locs.weight = torch.randn(self.config.vocab_size, self.config.n_embd) * 0.02
-            self.guide.locs.bias = torch.full((self.config.vocab_size,), bias)
-            for name in ("weight", "bias"):
-                setattr(
-                    self.guide.scales,
-                    name,
-                    torch.full_like(self.posterior()[name][0], self.config.posterior_init_sigma),
-                )
+        vocab_size, n_embd, sigma = (
+            self.config.vocab_size,
+            self.config.n_embd,
+            self.config.posterior_init_sigma,
+        )
+        weight_mu = torch.randn(vocab_size, n_embd) * 0.02
+        self.set_posterior(
+            weight_mu,
+            torch.full_like(weight_mu, sigma),
+            torch.full((vocab_size,), bias),
+            torch.full((vocab_size,), sigma),
+        )
 
     def posterior(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """name -> (mean, std) of the guide."""
@@ -195,9 +201,15 @@ class PyroHead(nn.Module):
 
     @torch.no_grad()
     def set_posterior(self, weight_mu, weight_sigma, bias_mu, bias_sigma) -> None:
-        with pyro.settings.context(module_local_params=True):
-            self.guide.locs.weight, self.guide.scales.weight = weight_mu.detach(), weight_sigma.detach()
-            self.guide.locs.bias, self.guide.scales.bias = bias_mu.detach(), bias_sigma.detach()
+        """Copy into the guide's existing parameters (in place: assigning to a PyroModule
+        attribute would make new Parameters, which the optimizer would not know)."""
+        values = {("locs", "weight"): weight_mu, ("scales", "weight"): weight_sigma}
+        values.update({("locs", "bias"): bias_mu, ("scales", "bias"): bias_sigma})
+        for (kind, name), value in values.items():
+            module = getattr(self.guide, kind)
+            constraint = module._pyro_params[name][0]
+            unconstrained = getattr(module, f"{name}_unconstrained")
+            unconstrained.copy_(biject_to(constraint).inv(value.detach().to(unconstrained)))
 
     def elbo_loss(self, hidden, targets, extra_positives, observe: Callable, num_tokens: int) -> torch.Tensor:
         with pyro.settings.context(module_local_params=True):

@@ -4,6 +4,8 @@ statistics, and the Pyro guide's parameters in the optimizer and the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -131,9 +133,11 @@ def test_pyro_guide_parameters_exist_at_construction_and_round_trip_a_checkpoint
     assert 0.01 < weight_mu.std().item() < 0.03
     torch.testing.assert_close(weight_sigma, torch.full((V, C), 1e-3))
     new_weight_mu = torch.randn(V, C)
-    model.variant.lm_head.set_posterior(
-        new_weight_mu, weight_sigma * 3, torch.zeros(V), torch.ones(V)
-    )
+    before = list(model.variant.parameters())
+    assert all(getattr(p, "no_weight_decay", False) for p in before)
+    model.variant.lm_head.set_posterior(new_weight_mu, weight_sigma * 3, torch.zeros(V), torch.ones(V))
+    assert all(a is b for a, b in zip(before, model.variant.parameters()))  # set in place
+    torch.testing.assert_close(model.variant.posterior()[0][0], new_weight_mu)
     fresh = tiny_gpt(seed=1, bayes_backend="pyro")
     fresh.load_state_dict(model.state_dict())
     x, y = text_batch()
@@ -149,3 +153,16 @@ def test_unknown_prior_or_backend_is_a_user_error():
         tiny_gpt(bayes_prior="cauchy")
     with pytest.raises(UserError, match="bayes_backend"):
         tiny_gpt(bayes_backend="stan")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["fast", "pyro"])
+def test_the_training_loop_trains_and_resumes_each_backend(char_data, tmp_path, backend):
+    from nanoGPT.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(char_data, tmp_path, variant="bayes", bayes_backend=backend, max_iters=12)
+    metrics = train(cfg)
+    assert metrics["val/nll"] < 4.0 and metrics["val/mutual_information"] >= 0
+    resumed = train(dataclasses.replace(cfg, init_from="resume", eval_only=True))
+    assert resumed["val/nll"] == pytest.approx(metrics["val/nll"])
