@@ -58,7 +58,7 @@ class ModelConfig:
     prior_sigma2: float = 0.0025  # scale_mixture: std of the narrow component (Blundell et al.: e^-6)
     prior_mix_weight: float = 0.5  # scale_mixture: weight pi of the prior_sigma component
     posterior_init_sigma: float = 1e-3  # bayes variants: initial posterior std
-    posterior_sigma_scale: float = 10.0  # bayes variants: log sigma = scale * theta; Adam moves it scale x faster
+    posterior_sigma_scale: float = 30.0  # bayes variants: log sigma = scale * theta; Adam moves it scale x faster
     bayes_backend: str = "fast"  # bayes variants: fast (fused kernels) | pyro (PyroModule + AutoNormal + Trace_ELBO)
     kl_weight: float = 1.0  # bayes variants: ELBO = E[loss] + kl_weight * KL / kl_num_tokens
     kl_num_tokens: int = 0  # N in the ELBO; 0 = number of training tokens in one epoch
