@@ -85,8 +85,9 @@ def budget_lines(ctx: ReportContext) -> str:
         t = ctx.teacher.cfg
         lines.append(
             f"- teacher `{t.out_dir}`: {t.n_layer} layers, {t.n_embd} wide, {t.max_iters} iterations of "
-            f"{t.batch_size * t.block_size * t.gradient_accumulation_steps:,} tokens from the first "
-            f"{t.train_fraction:g} of train.bin; {ctx.statuses.get(ctx.teacher.name, '')}"
+            f"{t.batch_size * t.block_size * t.gradient_accumulation_steps:,} tokens from "
+            f"{'all' if t.train_fraction == 1 else f'the first {t.train_fraction:g}'} of train.bin; "
+            f"{ctx.statuses.get(ctx.teacher.name, '')}"
         )
     return "\n".join(lines)
 

@@ -129,15 +129,15 @@ def write_outputs(
     report_dir = os.path.join(cfg.log_dir, cfg.name)
     os.makedirs(report_dir, exist_ok=True)
     stage(f"writing the report to {report_dir}")
-    table = format_table(decision["summary"], decision["best"])
+    shown = dict(decision["summary"])
     gap, gap_numbers = "", None
-    if ctx.teacher is not None:
+    if ctx.teacher is not None:  # a last line of the table, never bold: best names rows only
         teacher_result = done[f"eval:{ctx.teacher.name}"]
         gap, gap_numbers = teacher_gap(
             ctx.teacher, teacher_result, ctx.runs[0].label, decision["tables"], cfg
         )
-        teacher_row = summarize({"teacher (not a contestant)": {ctx.teacher.seed: teacher_result["metrics"]}})
-        table += "\n" + format_table(teacher_row, {}).splitlines()[-1]
+        shown.update(summarize({"teacher (not a contestant)": {ctx.teacher.seed: teacher_result["metrics"]}}))
+    table = format_table(shown, decision["best"])
     figures = draw_figures(report_dir, ctx.runs, results, cfg)
     write_samples_markdown(os.path.join(report_dir, "samples.md"), results)
     ctx.wall_s = time.time() - started
