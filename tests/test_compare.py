@@ -229,6 +229,9 @@ def test_teacher_is_kept_by_data_and_settings(small_data, tmp_path):
         teacher_run(dataclasses.replace(cfg, teacher_overrides="max_iters=31"), small_data).name
         != teacher.name
     )
+    # a key at its default does not count: a key added to TrainConfig later keeps the teacher
+    at_default = dataclasses.replace(cfg, teacher_overrides=cfg.teacher_overrides + ";beta1=0.9")
+    assert teacher_run(at_default, small_data).name == teacher.name
     assert teacher_run(dataclasses.replace(cfg, teacher="gpt2"), small_data) is None
 
 

@@ -189,10 +189,13 @@ def teacher_run(cfg: CompareConfig, data_dir: str) -> Run | None:
     teacher_cfg = dataclasses.replace(
         shared_budget(cfg, data_dir), variant="baseline", train_fraction=1.0, teacher="", **overrides
     )
+    # the keys that differ from TrainConfig's defaults: a key added to TrainConfig later (at a
+    # default that keeps the old behaviour) leaves the hash, and so the kept teacher, as it was
+    defaults = dataclasses.asdict(TrainConfig())
     identity = {
         k: v
         for k, v in dataclasses.asdict(teacher_cfg).items()
-        if k not in NOT_THE_RUN and not k.startswith("augment_")  # it trains without the augmenter
+        if k not in NOT_THE_RUN and not k.startswith("augment_") and v != defaults.get(k)
     }
     identity["data_dir"] = os.path.basename(os.path.normpath(data_dir))
     identity["train.bin"] = file_fingerprint(os.path.join(data_dir, "train.bin"))
