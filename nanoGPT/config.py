@@ -58,8 +58,10 @@ class ModelConfig:
     prior_sigma2: float = 0.0025  # scale_mixture: std of the narrow component (Blundell et al.: e^-6)
     prior_mix_weight: float = 0.5  # scale_mixture: weight pi of the prior_sigma component
     posterior_init_sigma: float = 1e-3  # bayes variants: initial posterior std
-    posterior_sigma_scale: float = 30.0  # bayes variants: log sigma = scale * theta; Adam moves it scale x faster
-    bayes_backend: str = "fast"  # bayes variants: fast (fused kernels) | pyro (PyroModule + AutoNormal + Trace_ELBO)
+    # bayes variants: log sigma = scale * theta, so Adam moves log sigma scale x faster than lr
+    posterior_sigma_scale: float = 30.0
+    # bayes variants: fast (fused kernels) | pyro (PyroModule + AutoNormal + Trace_ELBO)
+    bayes_backend: str = "fast"
     kl_weight: float = 1.0  # bayes variants: ELBO = E[loss] + kl_weight * KL / kl_num_tokens
     kl_num_tokens: int = 0  # N in the ELBO; 0 = number of training tokens in one epoch
     bayes_estimator: str = "weight"  # bayes variants: weight (one sample per step) | local (per token)
