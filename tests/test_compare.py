@@ -134,6 +134,10 @@ def test_compare_resumes_reports_then_reuses(small_data, tmp_path, monkeypatch):
     for key in ("nll", "ppl", "bpb", "acc", "ece", "brier", "bce", "distinct_1", "sample_ppl", "ms_per_iter"):
         assert math.isfinite(run["metrics"][key]), key
     assert sum(run["reliability"]["count"]) == run["metrics"]["tokens"]
+    # the shifted-text evaluation (nanoGPT/ood.py) is part of every run's final evaluation
+    for key in ("ood_auroc_entropy", "ood_auroc_max_prob", "ood_auroc_set_size", "shifted_nll"):
+        assert 0 <= run["metrics"][key] <= (1 if key.startswith("ood") else 100), key
+    assert "OOD AUROC ent" in report
     verdict = results["verdicts"]["smooth"]["baseline"]["nll"]
     assert (
         verdict["verdict"] in ("better", "worse", "no detectable difference")

@@ -21,6 +21,7 @@ from nanoGPT.errors import UserError
 from nanoGPT.evaluate import evaluate
 from nanoGPT.metrics import MetricAccumulator, WindowAccumulator
 from nanoGPT.model import GPT
+from nanoGPT.ood import ood_report
 from nanoGPT.plotting import read_metrics
 from nanoGPT.runtime import Runtime, seeded, setup_runtime
 from nanoGPT.sampling import generate
@@ -97,6 +98,10 @@ def judge_nll(judge: GPT, prompt_ids: list[int], generated: list[int], rt: Runti
     return total, len(generated)
 
 
+# what the report keeps of nanoGPT/ood.py: the AUROCs, and the mean scores on both text sets
+OOD_KEYS = ("ood_auroc_", "in_mutual_information", "shifted_mutual_information", "shifted_nll")
+
+
 def text_scores(texts: Sequence[str]) -> dict[str, float]:
     """distinct-1..4 and self-BLEU over whitespace words (tokenizer-independent, so char and
     piece runs are scored alike), all samples of a run pooled."""
@@ -164,6 +169,9 @@ def measure(run: Run, settings: EvalSettings, judge_path: str) -> dict:
         model, data, split, settings.final_eval_iters, token_bytes, rt.autocast(), seed=run.seed,
         accumulator=accumulator, windows=windows,
     )  # fmt: skip
+    # the same windows against shifted text: can the row's uncertainty tell them apart?
+    ood = ood_report(model, data, tokenizer, split, settings.final_eval_iters, run.seed, rt.autocast())
+    metrics.update({k: v for k, v in ood.items() if k.startswith(OOD_KEYS)})
     samples = generate_samples(model, tokenizer, settings, rt)
     del model
     texts = [tokenizer.decode(s["ids"]) for s in samples]
