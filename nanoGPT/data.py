@@ -54,6 +54,15 @@ def vocabulary_name(tokenizer: Tokenizer, data_dir: str) -> str:
     return f"the {tokenizer.kind} tokenizer of {data_dir}"
 
 
+def spread_window_starts(num_tokens: int, block_size: int, num_windows: int) -> np.ndarray:
+    """Start offsets of up to `num_windows` windows of block_size + 1 tokens spread evenly over
+    `num_tokens` tokens, never overlapping while there is room: the fixed evaluation windows
+    (of a split here, of the shifted text in nanoGPT/ood.py)."""
+    span = num_tokens - block_size - 1
+    count = min(num_windows, max(1, span // block_size + 1))
+    return np.linspace(0, span, num=count).astype(np.int64)
+
+
 @dataclass
 class Batch:
     x: torch.Tensor  # (B, T) input ids
@@ -176,11 +185,8 @@ class TokenData:
     def eval_batches(self, split: str, num_batches: int, world_size: int = 1) -> list[np.ndarray]:
         """Start offsets of this rank's share of `num_batches` batches of non-overlapping
         windows spread evenly over the split: the same tokens at every evaluation."""
-        data_len = self.window_tokens(split)
         total = num_batches * self.batch_size * world_size
-        span = data_len - self.block_size - 1
-        window_count = min(total, max(1, span // self.block_size + 1))
-        starts = np.linspace(0, span, num=window_count).astype(np.int64)
+        starts = spread_window_starts(self.window_tokens(split), self.block_size, total)
         mine = starts[self.rank :: world_size]
         return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 

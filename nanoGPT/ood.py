@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nanoGPT.data import TokenData
+from nanoGPT.data import TokenData, spread_window_starts
 from nanoGPT.errors import UserError
 from nanoGPT.metrics import entropy
 from nanoGPT.model import GPT
@@ -127,13 +127,11 @@ def load_shifted(tokenizer: Tokenizer, max_chars: int = SHIFTED_MAX_CHARS) -> Sh
 def spread_windows(ids: np.ndarray, block_size: int, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of up to num_windows non-overlapping windows spread evenly over `ids`, the way
     TokenData.eval_batches spreads the held-out windows."""
-    span = len(ids) - block_size - 1
-    if span < 0:
+    if len(ids) < block_size + 1:
         raise UserError(
             f"the shifted text has {len(ids)} tokens, fewer than block_size + 1 = {block_size + 1}"
         )
-    count = min(num_windows, span // block_size + 1)
-    starts = np.linspace(0, span, num=count).astype(np.int64)
+    starts = spread_window_starts(len(ids), block_size, num_windows)
     rows = torch.from_numpy(np.stack([ids[s : s + block_size + 1] for s in starts]))
     return rows[:, :-1], rows[:, 1:]
 
