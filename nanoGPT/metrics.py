@@ -73,6 +73,11 @@ def brier(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return probs.square().sum(-1) - 2.0 * p_true + 1.0
 
 
+def confidence_bin(confidences: torch.Tensor, n_bins: int = ECE_BINS) -> torch.Tensor:
+    """The equal-width bin of each top-1 confidence: [b/n_bins, (b+1)/n_bins), 1.0 in the last."""
+    return (confidences * n_bins).long().clamp(0, n_bins - 1)
+
+
 def calibration_bins(
     confidences: torch.Tensor,
     correct: torch.Tensor,
@@ -88,7 +93,7 @@ def calibration_bins(
     confidences = confidences.reshape(-1).double()
     correct = correct.reshape(-1).double()
     weights = torch.ones_like(confidences) if weights is None else weights.reshape(-1).double()
-    bin_index = (confidences * n_bins).long().clamp(0, n_bins - 1)
+    bin_index = confidence_bin(confidences, n_bins)
     bins = torch.zeros(3, n_bins, dtype=torch.float64, device=confidences.device)
     values = torch.stack([weights, weights * confidences, weights * correct])
     return bins.scatter_add_(1, bin_index.expand(3, -1), values)
@@ -292,7 +297,7 @@ class WindowAccumulator:
         self._grow(int(window.max()) + 1 if window.numel() else 0)
         self.scalars.index_add_(0, window, values)
         confidence = top_log_prob.exp().double().cpu()[valid]
-        bin_index = (confidence * self.n_bins).long().clamp(0, self.n_bins - 1)
+        bin_index = confidence_bin(confidence, self.n_bins)
         flat = self.bins.view(-1)  # (window, row, bin) -> window * 3B + row * B + bin
         for row, row_values in enumerate((torch.ones_like(confidence), confidence, values[:, 1])):
             flat.index_add_(0, window * 3 * self.n_bins + row * self.n_bins + bin_index, row_values)
