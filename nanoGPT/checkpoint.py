@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, fsync_dir, write_temp
+from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, replace_with, write_temp
 from nanoGPT.config import ModelConfig, config_from_dict
 from nanoGPT.data import resolve_data_dir
 from nanoGPT.errors import UserError
@@ -118,12 +118,10 @@ def save_checkpoint(
         checksum_line = f"{sha256_of(tmp)}  {os.path.basename(path)}\n".encode()
         atomic_write_bytes(path + CHECKSUM_SUFFIX, checksum_line)
         pause()
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.remove(tmp)
         raise
-    fsync_dir(out_dir)
+    replace_with(tmp, path)
     pause()
     if best:
         _point_link(checkpoint_path(out_dir, "best"), path)
