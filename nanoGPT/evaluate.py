@@ -7,12 +7,9 @@ import contextlib
 import torch
 
 from nanoGPT.data import TokenData
-from nanoGPT.metrics import MetricAccumulator, WindowAccumulator
+from nanoGPT.metrics import MetricAccumulator, WindowAccumulator, score_chunk_rows
 from nanoGPT.model import GPT
 from nanoGPT.runtime import seeded
-
-# Rows of hidden states scored at once: bounds the (samples x rows x vocab) temporaries.
-_EVAL_ELEMENTS = 2**25
 
 
 @torch.no_grad()
@@ -40,8 +37,7 @@ def evaluate(
     autocast = autocast or contextlib.nullcontext()
     accumulator = accumulator or MetricAccumulator(device=data.device)
     cfg = model.config
-    samples = cfg.bayes_samples if model.variant.bayesian else 1
-    chunk_rows = max(1, _EVAL_ELEMENTS // (cfg.vocab_size * samples))
+    chunk_rows = score_chunk_rows(cfg.vocab_size)
     with seeded(seed, data.device):
         first_window = 0
         for starts in data.eval_batches(split, num_batches, world_size):

@@ -16,6 +16,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 ECE_BINS = 15
+# rows of hidden states scored at once, as (rows, V) float32 temporaries of at most 8 MB: small
+# enough that the allocator reuses them (a larger buffer is a fresh mmap, zeroed by the kernel,
+# on every call; at 2**25 that made a Bayesian evaluation 2-4x slower)
+_SCORE_ELEMENTS = 2**21
+
+
+def score_chunk_rows(vocab_size: int) -> int:
+    """How many rows of hidden states evaluation scores at once."""
+    return max(1, _SCORE_ELEMENTS // vocab_size)
 
 
 def entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -25,23 +34,52 @@ def entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)
 
 
-def bayes_token_stats(sample_log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(S, N, V) log-probs of S weight samples -> per-token (N,) uncertainty statistics.
+class SampleMixture:
+    """The equal mixture of sampled distributions, fed one sample at a time, so that a
+    Bayesian head's predictive never holds the (S, N, V) stack of its samples.
 
     predictive_entropy = H[mean_s p_s]; expected_entropy = mean_s H[p_s];
     mutual_information = their difference (the epistemic part), >= 0 by Jensen.
     """
-    sample_log_probs = sample_log_probs.float()
-    num_samples = sample_log_probs.size(0)
-    mean_log_probs = torch.logsumexp(sample_log_probs, dim=0) - math.log(num_samples)
-    predictive = entropy(mean_log_probs)
-    expected = entropy(sample_log_probs).mean(0)
-    return {
-        "predictive_entropy": predictive,
-        "expected_entropy": expected,
-        # >= 0 in exact arithmetic; the clamp only removes float round-off below zero
-        "mutual_information": (predictive - expected).clamp_min(0.0),
-    }
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.log_prob_sum: torch.Tensor | None = None  # log sum_s p_s, exact in the tails
+        self.entropy_sum: torch.Tensor | None = None
+
+    def add(self, sample_log_probs: torch.Tensor) -> None:
+        """One sample's normalised log-probs (..., V)."""
+        sample_log_probs = sample_log_probs.float()
+        sample_entropy = entropy(sample_log_probs)
+        if self.log_prob_sum is None:
+            self.log_prob_sum, self.entropy_sum = sample_log_probs, sample_entropy
+        else:
+            self.log_prob_sum = torch.logaddexp(self.log_prob_sum, sample_log_probs)
+            self.entropy_sum = self.entropy_sum + sample_entropy
+        self.count += 1
+
+    def log_probs(self) -> torch.Tensor:
+        """log of the mean of the samples' probabilities (..., V)."""
+        return self.log_prob_sum - math.log(self.count)
+
+    def token_stats(self) -> dict[str, torch.Tensor]:
+        """Per-token (...) uncertainty statistics."""
+        predictive = entropy(self.log_probs())
+        expected = self.entropy_sum / self.count
+        return {
+            "predictive_entropy": predictive,
+            "expected_entropy": expected,
+            # >= 0 in exact arithmetic; the clamp only removes float round-off below zero
+            "mutual_information": (predictive - expected).clamp_min(0.0),
+        }
+
+
+def bayes_token_stats(sample_log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(S, N, V) log-probs of S weight samples -> per-token (N,) SampleMixture statistics."""
+    mixture = SampleMixture()
+    for one_sample in sample_log_probs:
+        mixture.add(one_sample)
+    return mixture.token_stats()
 
 
 def sigmoid_token_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,15 +30,13 @@ import torch
 
 from nanoGPT.data import TokenData, spread_window_starts
 from nanoGPT.errors import UserError
-from nanoGPT.metrics import entropy
+from nanoGPT.metrics import entropy, score_chunk_rows
 from nanoGPT.model import GPT
 from nanoGPT.runtime import seeded
 from nanoGPT.tokenizer import Tokenizer
 
 SHIFTED_SOURCE = "pydoc_data.topics (the Python documentation of the standard library)"
 SHIFTED_MAX_CHARS = 200_000
-# rows scored at once: bounds the (samples x rows x vocab) temporaries, as in evaluation
-_SCORE_ELEMENTS = 2**25
 # score name -> (per-token statistic, sign): higher sign * statistic means "shifted"
 OOD_SCORES = {
     "max_prob": ("max_prob", -1.0),
@@ -155,8 +153,7 @@ def window_scores(
     plus max_sigma (the largest sigmoid score) for the sigmoid heads."""
     variant = model.variant
     device = next(model.parameters()).device
-    samples = model.config.bayes_samples if variant.bayesian else 1
-    chunk_rows = max(1, _SCORE_ELEMENTS // (model.config.vocab_size * samples))
+    chunk_rows = score_chunk_rows(model.config.vocab_size)
     per_window: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)

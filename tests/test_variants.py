@@ -423,6 +423,7 @@ def test_mutual_information_vanishes_without_posterior_uncertainty(name):
 
 
 def test_bayes_log_probs_average_the_sampled_softmaxes():
+    """Fewer rows than input features: a weight sample per row (local reparameterisation)."""
     model = tiny_gpt("bayes")
     randomise_posterior(model.variant.lm_head)
     hidden = torch.randn(3, C)
@@ -430,8 +431,28 @@ def test_bayes_log_probs_average_the_sampled_softmaxes():
         torch.manual_seed(5)
         log_probs = model.variant.log_probs(hidden, samples=6)
         torch.manual_seed(5)
-        logits = mean_field_logits(model.variant.lm_head, hidden, torch.randn(6, 3, V))
+        eps = torch.stack([torch.randn(3, V) for _ in range(6)])
+        logits = mean_field_logits(model.variant.lm_head, hidden, eps)
     torch.testing.assert_close(log_probs.exp(), F.softmax(logits, -1).mean(0))
+
+
+def test_bayes_log_probs_with_a_weight_sample_shared_by_the_rows():
+    """At least as many rows as input features: one weight sample per draw, shared by the rows."""
+    model = tiny_gpt("bayes")
+    head = model.variant.lm_head
+    randomise_posterior(head)
+    hidden = torch.randn(2 * C, C)
+    weight_sigma, bias_sigma = head.sigmas()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        log_probs = model.variant.log_probs(hidden, samples=4)
+        torch.manual_seed(5)
+        probs = []
+        for _ in range(4):
+            weight = head.weight_mu + weight_sigma * torch.randn(V, C)
+            bias = head.bias_mu + bias_sigma * torch.randn(V)
+            probs.append(F.softmax(hidden @ weight.T + bias, -1))
+    torch.testing.assert_close(log_probs.exp(), torch.stack(probs).mean(0))
 
 
 def test_sigmoid_evaluate_reports_sigmoid_stats_of_the_logits():

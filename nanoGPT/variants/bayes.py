@@ -46,7 +46,7 @@ from nanoGPT.bayes_priors import PyroHead, check_prior_config, make_prior, monte
 from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.losses import GaussianPosteriorSample, softmax_cross_entropy
-from nanoGPT.metrics import bayes_token_stats
+from nanoGPT.metrics import SampleMixture
 from nanoGPT.variants.base import Stats, Variant
 
 
@@ -267,26 +267,32 @@ class Bayes(Variant):
         }
         return data + self.config.kl_weight * kl, stats
 
-    def _samples(self, hidden: torch.Tensor, samples: int | None) -> torch.Tensor:
-        """(S, ..., V) log-probs of S weight samples."""
-        num_samples = samples or self.config.bayes_samples
-        (weight_mu, bias_mu), (weight_sigma, bias_sigma) = self.posterior()
-        logits = local_reparameterised_logits(
-            hidden, weight_mu, weight_sigma, bias_mu, bias_sigma, num_samples
-        )
-        return self.sample_log_probs(logits)
+    def _sample_logits(self, hidden: torch.Tensor, weights: tuple) -> torch.Tensor:
+        """One draw of float32 logits for every row of `hidden`. With at least as many rows as
+        input features, one weight sample shared by the rows costs least; with fewer, a sample
+        per row (local reparameterisation). Each row's logits have the same distribution either
+        way, and the predictive of a token depends on nothing else."""
+        (weight_mu, bias_mu), (weight_sigma, bias_sigma) = weights
+        if hidden.numel() // hidden.size(-1) < weight_mu.size(1):
+            return local_reparameterised_logits(hidden, weight_mu, weight_sigma, bias_mu, bias_sigma)
+        weight = torch.addcmul(weight_mu, weight_sigma, torch.randn_like(weight_sigma))
+        bias = torch.addcmul(bias_mu, bias_sigma, torch.randn_like(bias_sigma))
+        return F.linear(hidden, weight.to(hidden.dtype), bias.to(hidden.dtype)).float()
 
-    @staticmethod
-    def _mean(sample_log_probs: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(sample_log_probs, dim=0) - math.log(sample_log_probs.size(0))
+    def _mixture(self, hidden: torch.Tensor, samples: int | None) -> SampleMixture:
+        """The posterior predictive from S = samples (default config.bayes_samples) weight
+        samples, accumulated one at a time."""
+        weights = self.posterior()
+        mixture = SampleMixture()
+        for _ in range(samples or self.config.bayes_samples):
+            mixture.add(self.sample_log_probs(self._sample_logits(hidden, weights)))
+        return mixture
 
     def log_probs(self, hidden, samples=None) -> torch.Tensor:
         """log of the mean over S = samples (default config.bayes_samples) sampled distributions."""
-        return self._mean(self._samples(hidden, samples))
+        return self._mixture(hidden, samples).log_probs()
 
     def evaluate(self, hidden, targets) -> tuple[torch.Tensor, Stats]:
-        sample_log_probs = self._samples(hidden, None)
-        num_samples, vocab_size = sample_log_probs.size(0), sample_log_probs.size(-1)
-        stats = bayes_token_stats(sample_log_probs.view(num_samples, -1, vocab_size))
-        stats = {key: value.view(targets.shape) for key, value in stats.items()}
-        return self._mean(sample_log_probs), stats
+        mixture = self._mixture(hidden, None)
+        stats = {key: value.view(targets.shape) for key, value in mixture.token_stats().items()}
+        return mixture.log_probs(), stats
