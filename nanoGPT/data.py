@@ -70,6 +70,12 @@ class Batch:
     starts: np.ndarray  # (B,) offset of x[:, 0] in the split, to look up cached extras
 
 
+def train_prefix_tokens(num_tokens: int, train_fraction: float) -> int:
+    """The tokens of train.bin a run with this train_fraction draws its windows from (the first
+    ones): what TokenData trains on and what an augmenter cache covers."""
+    return int(num_tokens * train_fraction)
+
+
 class TokenData:
     """Random windows of a split for training, fixed evenly spread windows for evaluation.
 
@@ -98,7 +104,7 @@ class TokenData:
                     f"{self.path(split)} has {self.num_tokens(split)} tokens, "
                     f"not more than block_size={block_size}"
                 )
-        self.train_tokens = int(self.num_tokens("train") * train_fraction)
+        self.train_tokens = train_prefix_tokens(self.num_tokens("train"), train_fraction)
         if self.train_tokens <= block_size:
             raise UserError(
                 f"train_fraction={train_fraction} leaves {self.train_tokens} tokens of "

@@ -313,6 +313,32 @@ def test_cache_and_online_give_the_same_teacher_log_probs(small_char, char_teach
     assert (expected.log_probs[kept] >= np.log(0.05)).all()
 
 
+def test_a_data_limited_cache_covers_only_the_runs_prefix(small_char, built_cache, tmp_path):
+    """train_fraction=0.25: the teacher runs over the first quarter only, its rows equal the
+    full cache's there, a run with another fraction is refused, and no window reads past it."""
+    cfg, full_path = built_cache
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_char, data_dir, ignore=shutil.ignore_patterns("train.aug_*"))
+    limited = dataclasses.replace(cfg, train_fraction=0.25, data_dir=str(data_dir))
+    bin_path = build_cache(limited, show_progress=False)
+    covered = TokenData(str(data_dir), 32, 4, "cpu", train_fraction=0.25).train_tokens
+    record = json.load(open(cache_paths(str(data_dir), cache_module.cache_name(limited))[1]))
+    assert record["made_with"]["settings"]["train_tokens"] == covered
+    assert record["num_blocks"] == -(-(covered - 1) // 32)  # the full file has 4x as many
+    storage = record["made_with"]["storage"]
+    rows = np.fromfile(bin_path, dtype=cache_module.row_dtype(storage))
+    full_rows = np.fromfile(full_path, dtype=cache_module.row_dtype(storage))
+    assert np.array_equal(rows[:covered]["ids"], full_rows[:covered]["ids"])
+    assert (rows[covered + 32 :]["ids"] == 0).all()  # never computed
+    with pytest.raises(UserError, match="train_tokens"):
+        open_cache(dataclasses.replace(limited, train_fraction=0.5), str(data_dir), "cpu")
+    reader = open_cache(limited, str(data_dir), "cpu")
+    data = TokenData(str(data_dir), 32, 4, "cpu", train_fraction=0.25)
+    assert (reader(data.batch_at("train", np.array([0, covered - 33]))) >= -1).all()
+    with pytest.raises(ValueError, match="reaches past"):
+        reader(data.batch_at("train", np.array([covered])))
+
+
 def test_stale_missing_or_foreign_cache_is_refused(small_char, built_cache, tmp_path):
     cfg, _ = built_cache
     with pytest.raises(UserError, match=r"augment_min_prob=0\.05 \(this run: 0\.1\)"):

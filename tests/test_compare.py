@@ -20,6 +20,7 @@ import plot_loss
 from nanoGPT.checkpoint import load_checkpoint
 from nanoGPT.compare import CompareConfig
 from nanoGPT.compare.final_eval import judge_nll
+from nanoGPT.compare.pipeline import build_tasks, eval_settings
 from nanoGPT.compare.plan import final_split, parse_rows, plan_runs, selection_split, teacher_run
 from nanoGPT.compare.report import Column, format_table
 from nanoGPT.compare.runs import check_same_run, ensure_data
@@ -302,6 +303,25 @@ def test_tasks_run_after_what_they_need():
     assert run_tasks(tasks) == {"a": 3, "b": 12}
     with pytest.raises(ValueError, match="not listed before"):
         run_tasks(list(reversed(tasks)))
+
+
+def test_only_runs_that_read_the_teacher_wait_for_it(small_data, tmp_path):
+    """Runs without the augmenter train beside the teacher; +aug runs wait for it and their cache;
+    every evaluation waits for the teacher, which judges the samples."""
+    cfg = tiny_compare(small_data, tmp_path)
+    rows, _ = parse_rows("baseline,sigmoid+aug")
+    teacher = teacher_run(cfg, small_data)
+    runs = plan_runs(cfg, small_data, rows, teacher)
+    tasks = {task.key: task for task in build_tasks(teacher, runs, eval_settings(cfg))}
+    teacher_key = f"train:{teacher.name}"
+    for run in runs:
+        after = tasks[f"train:{run.name}"].after
+        if run.cfg.augment:
+            assert after == (teacher_key, f"cache:{run.cfg.augment_cache}")
+        else:
+            assert after == ()
+        assert teacher_key in tasks[f"eval:{run.name}"].after
+    assert next(iter(tasks)) == teacher_key  # the longest task starts first
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""A cache of the augmenter's candidates: the teacher runs once over train.bin, training reads.
+"""A cache of the augmenter's candidates: the teacher runs once over the part of train.bin a run
+trains on (its first train_fraction), training reads.
 
     python augment_cache.py config/train_sigmoid_shakespeare_char.py     # the training config
     python augment_cache.py --dataset=shakespeare --teacher=gpt2 --augment_filter=prob
@@ -12,6 +13,9 @@ Files, next to train.bin (`<name>` = augment_cache, default "<teacher>-<filter>"
                          to within 0.5% at log-probs above -10.
   train.aug_<name>.json  the settings and data fingerprint that made it, and build progress.
 
+Coverage. Only the first train_fraction of train.bin (data.train_prefix_tokens) gets candidates,
+as a data-limited run draws no window beyond it; the rows past it stay zero and are never read.
+
 Context. train.bin is cut into consecutive blocks of block_size + 1 tokens overlapping by one
 (x = tokens[i*T : i*T+T], y = tokens[i*T+1 : i*T+T+1]) and every target of every block gets
 its candidates, exactly as the online augmenter computes them for a training window that
@@ -22,8 +26,8 @@ Positions. The cache holds candidates for every position; augment_positions (one
 fraction) is applied when a batch is read, with the same choice the online augmenter makes.
 
 A cache is refused, with what differs, when the run asks for other candidate settings (teacher,
-k, filter and its parameters, block_size), when train.bin is not the data it was made from, or
-when the teacher checkpoint changed since. The build writes in chunks and records progress
+k, filter and its parameters, block_size, the tokens covered), when train.bin is not the data it
+was made from, or when the teacher checkpoint changed since. The build writes in chunks and records progress
 after each, so an interrupted build continues where it stopped when run again.
 """
 
@@ -45,7 +49,7 @@ from nanoGPT.augment.augmenter import DataAugmenter, to_device
 from nanoGPT.augment.settings import CKPT_PREFIX, AugmentSettings, select_positions
 from nanoGPT.augment.teachers import check_teacher_fits, checkpoint_file, load_teacher
 from nanoGPT.config import TrainConfig
-from nanoGPT.data import Batch, prepare_hint, resolve_data_dir
+from nanoGPT.data import Batch, prepare_hint, resolve_data_dir, train_prefix_tokens
 from nanoGPT.errors import UserError
 from nanoGPT.runtime import resolve_device
 from nanoGPT.tokenizer import load_tokenizer
@@ -127,13 +131,15 @@ def cache_identity(
 ) -> dict[str, Any]:
     """Everything that decides a cache's contents, as recorded in its JSON."""
     dtype, pad = storage_of(vocab_size)
+    num_tokens = os.path.getsize(train_path) // 2
+    covered = train_prefix_tokens(num_tokens, cfg.train_fraction)
     return {
-        "settings": {**settings.candidate_settings(), "block_size": cfg.block_size},
+        "settings": {**settings.candidate_settings(), "block_size": cfg.block_size, "train_tokens": covered},
         "teacher_checkpoint": _teacher_fingerprint(settings.teacher),
         "vocab_size": vocab_size,
         "data": {
             "file": os.path.basename(train_path),
-            "num_tokens": os.path.getsize(train_path) // 2,
+            "num_tokens": num_tokens,
             "fingerprint": file_fingerprint(train_path),
         },
         "storage": {"dtype": dtype.name, "pad": pad, "k": settings.k, "log_probs": LOG_PROB_STORAGE.name},
@@ -199,7 +205,7 @@ def _start_or_continue(
 
 
 def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
-    """Run the teacher over the whole train.bin and write the cache; continue an interrupted
+    """Run the teacher over the run's part of train.bin and write the cache; continue an interrupted
     build with the same settings, replace a cache made with other ones. Returns the .bin path."""
     from tqdm import tqdm
 
@@ -216,9 +222,10 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
 
     tokens = np.memmap(train_path, dtype=np.uint16, mode="r")
     T, k = cfg.block_size, settings.k
-    num_targets = len(tokens) - 1
+    covered = identity["settings"]["train_tokens"]
+    num_targets = covered - 1
     if num_targets < T:
-        raise UserError(f"{train_path} has {len(tokens)} tokens, not more than block_size={T}")
+        raise UserError(f"{train_path}: the run trains on {covered} tokens, not more than block_size={T}")
     num_blocks = math.ceil(num_targets / T)
     storage = identity["storage"]
     row_bytes = row_dtype(storage).itemsize
@@ -281,11 +288,14 @@ class CachedAugmenter:
         self.storage = record["made_with"]["storage"]
         self.bin_path, self.positions, self.seed = bin_path, positions, seed
         self.num_tokens = record["made_with"]["data"]["num_tokens"]
+        self.covered_tokens = record["made_with"]["settings"]["train_tokens"]
         self.device = torch.device(device)
         self.with_log_probs = with_log_probs
 
     def __call__(self, batch: Batch) -> torch.Tensor | ExtraTargets:
         T = batch.x.size(1)
+        if max(batch.starts) + T + 1 > self.covered_tokens:  # the rows past it were never built
+            raise ValueError(f"a window reaches past the {self.covered_tokens} tokens {self.bin_path} covers")
         # a fresh memmap per call, as data.py does: a long-lived one grows RSS
         table = np.memmap(self.bin_path, dtype=row_dtype(self.storage), mode="r", shape=(self.num_tokens,))
         # the target y[b, t] is token starts[b] + t + 1 of the split

@@ -30,8 +30,9 @@ def eval_settings(cfg: CompareConfig) -> EvalSettings:
 
 def build_tasks(teacher: Run | None, runs: list[Run], settings: EvalSettings) -> list[Task]:
     """Teacher first (the longest task, on the critical path), then the caches it feeds and the
-    runs that read them, then the other runs, then the evaluations (judged by the teacher, or
-    by the reference row's first run when there is no teacher to train)."""
+    runs that read them, then the other runs (which need no teacher: they train beside it),
+    then the evaluations (judged by the teacher, or by the reference row's first run when there
+    is no teacher to train)."""
     judge = teacher or runs[0]
     judge_path = checkpoint_path(judge.cfg.out_dir)
     tasks = [Task(f"train:{teacher.name}", train_or_reuse, (teacher,))] if teacher else []
@@ -44,7 +45,8 @@ def build_tasks(teacher: Run | None, runs: list[Run], settings: EvalSettings) ->
     augmented = [r for r in runs if r.cfg.augment]
     for run in augmented + [r for r in runs if not r.cfg.augment]:
         cache = (f"cache:{run.cfg.augment_cache}",) if run.cfg.augment_cache in caches else ()
-        tasks.append(Task(f"train:{run.name}", train_or_reuse, (run,), after_teacher + cache))
+        after = after_teacher + cache if run.cfg.augment else ()
+        tasks.append(Task(f"train:{run.name}", train_or_reuse, (run,), after))
     for run in ([teacher] if teacher else []) + runs:
         after = tuple(dict.fromkeys((f"train:{run.name}", f"train:{judge.name}")))
         tasks.append(Task(f"eval:{run.name}", evaluate_run, (run, settings, judge_path), after))
