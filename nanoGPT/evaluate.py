@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from nanoGPT.data import TokenData
-from nanoGPT.metrics import MetricAccumulator, WindowAccumulator, score_chunk_rows
+from nanoGPT.metrics import MetricAccumulator, score_chunk_rows
 from nanoGPT.model import GPT
 from nanoGPT.runtime import seeded
 
@@ -23,14 +23,12 @@ def evaluate(
     world_size: int = 1,
     seed: int = 0,
     accumulator: MetricAccumulator | None = None,
-    windows: WindowAccumulator | None = None,
 ) -> dict[str, float]:
     """Metrics of `model` on `num_batches` fixed batches of `split` (summed over DDP ranks).
 
     Runs under a forked RNG with a fixed seed: Bayesian sampling here neither disturbs the
-    training stream (so resume stays exact) nor varies between evaluations. With `windows`,
-    the sums of every window are kept as well (window i = the i-th window of this rank's batches,
-    in order): what a paired bootstrap over windows needs.
+    training stream (so resume stays exact) nor varies between evaluations. (A comparison's
+    final evaluation keeps per-window sums as well, through nanoGPT/ood.py's single pass.)
     """
     was_training = model.training
     model.eval()
@@ -39,11 +37,8 @@ def evaluate(
     cfg = model.config
     chunk_rows = score_chunk_rows(cfg.vocab_size)
     with seeded(seed, data.device):
-        first_window = 0
         for starts in data.eval_batches(split, num_batches, world_size):
             batch = data.batch_at(split, starts)
-            window = first_window + torch.arange(batch.y.numel(), device=batch.y.device) // batch.y.size(1)
-            first_window += batch.y.size(0)
             with autocast:
                 hidden = model.hidden_states(batch.x)
             hidden, targets = hidden.flatten(0, 1), batch.y.flatten()
@@ -51,8 +46,6 @@ def evaluate(
                 rows = slice(i, i + chunk_rows)
                 log_probs, extras = model.variant.evaluate(hidden[rows], targets[rows])
                 accumulator.update(log_probs, targets[rows], token_bytes[targets[rows]], extras)
-                if windows is not None:
-                    windows.update(log_probs, targets[rows], window[rows])
     accumulator.all_reduce()
     model.train(was_training)
     return accumulator.compute()

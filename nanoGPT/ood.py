@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,8 @@ from nanoGPT.model import GPT
 from nanoGPT.runtime import seeded
 from nanoGPT.tokenizer import Tokenizer
 
+# (log_probs (N, V), targets (N,), window index (N,), per-token extras) of one scored chunk
+OnScored = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], None]
 SHIFTED_SOURCE = "pydoc_data.topics (the Python documentation of the standard library)"
 SHIFTED_MAX_CHARS = 200_000
 # score name -> (per-token statistic, sign): higher sign * statistic means "shifted"
@@ -147,10 +150,13 @@ def window_scores(
     y: torch.Tensor,
     batch_size: int = 32,
     autocast: contextlib.AbstractContextManager | None = None,
+    on_scored: OnScored | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-window means (num_windows,) of: nll, max_prob, predictive_entropy, and whatever
     per-token statistics the variant's evaluate() reports (mutual_information, set_size, ...),
-    plus max_sigma (the largest sigmoid score) for the sigmoid heads."""
+    plus max_sigma (the largest sigmoid score) for the sigmoid heads. `on_scored(log_probs,
+    targets, window, extras)` also sees every scored chunk (window: each token's window index),
+    so the held-out metrics can be summed in the same pass."""
     variant = model.variant
     device = next(model.parameters()).device
     chunk_rows = score_chunk_rows(model.config.vocab_size)
@@ -160,11 +166,14 @@ def window_scores(
         with autocast or contextlib.nullcontext():
             hidden = model.hidden_states(xb)
         hidden, targets = hidden.flatten(0, 1), yb.flatten()
+        window = i + torch.arange(targets.numel(), device=targets.device) // yb.size(1)
         token_stats: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
         for j in range(0, targets.numel(), chunk_rows):
             rows = slice(j, j + chunk_rows)
             log_probs, extras = variant.evaluate(hidden[rows], targets[rows])
             log_probs = log_probs.float()
+            if on_scored is not None:
+                on_scored(log_probs, targets[rows], window[rows], extras)
             stats = {
                 "nll": -log_probs.gather(-1, targets[rows, None])[:, 0],
                 "max_prob": log_probs.max(-1).values.exp(),
@@ -204,6 +213,7 @@ def ood_metrics(
     seed: int = 0,
     batch_size: int = 32,
     autocast: contextlib.AbstractContextManager | None = None,
+    on_held_out: OnScored | None = None,
 ) -> dict[str, float]:
     """Flat dict: in_<stat> and shifted_<stat> (the mean over windows of each per-window score:
     nll, max_prob, predictive_entropy, mutual_information...), and ood_auroc_<score> for every
@@ -213,7 +223,7 @@ def ood_metrics(
     model.eval()
     device = next(model.parameters()).device
     with seeded(seed, device):
-        scores_in = window_scores(model, *in_windows, batch_size, autocast)
+        scores_in = window_scores(model, *in_windows, batch_size, autocast, on_held_out)
         scores_out = window_scores(model, *shifted_windows, batch_size, autocast)
     model.train(was_training)
     results = {"in_windows": float(len(in_windows[0])), "shifted_windows": float(len(shifted_windows[0]))}
@@ -235,15 +245,17 @@ def ood_report(
     seed: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
     shifted: ShiftedText | None = None,
+    on_held_out: OnScored | None = None,
 ) -> dict[str, float]:
     """ood_metrics on the held-out evaluation windows of `split` (num_batches x batch_size)
     against as many windows of the shifted text, plus the shifted text's summary under
     shifted_* keys (tokens, unknown characters and their fraction). Pass `shifted` (from
-    load_shifted) to tokenise the text once for several models."""
+    load_shifted) to tokenise the text once for several models, and `on_held_out` to sum the
+    held-out metrics in the same pass (see window_scores)."""
     shifted = shifted or load_shifted(tokenizer)
     in_windows = held_out_windows(data, split, num_batches)
     out_windows = spread_windows(shifted.ids, data.block_size, len(in_windows[0]))
-    results = ood_metrics(model, in_windows, out_windows, seed, data.batch_size, autocast)
+    results = ood_metrics(model, in_windows, out_windows, seed, data.batch_size, autocast, on_held_out)
     summary = shifted.summary()
     results.update(
         shifted_tokens=float(summary["tokens"]),

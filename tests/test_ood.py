@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from nanoGPT.data import TokenData
+from nanoGPT.evaluate import evaluate
+from nanoGPT.metrics import MetricAccumulator, WindowAccumulator
 from nanoGPT.ood import auroc, encode_shifted, load_shifted, ood_report, shifted_source_text
 from nanoGPT.tokenizer import CharTokenizer, gpt2_tokenizer, load_tokenizer
 from tests.test_bayes import tiny_gpt
@@ -89,3 +91,29 @@ def test_ood_report_scores_every_window_and_repeats_under_its_seed(char_data):
         if variant == "bayes_sigmoid":
             expected |= {"ood_auroc_set_size", "ood_auroc_max_sigma"}
         assert expected <= first.keys()
+
+
+def test_held_out_sums_of_the_single_pass_equal_evaluate(char_data):
+    """The final evaluation sums its held-out metrics and per-window sums inside ood_report's
+    pass: the same numbers evaluate() gives on those windows, window by window."""
+    tokenizer = load_tokenizer(char_data)
+    data = TokenData(char_data, block_size=16, batch_size=4, device="cpu")
+    token_bytes = torch.as_tensor(tokenizer.token_byte_lengths())
+    torch.manual_seed(0)
+    model = tiny_gpt(variant="sigmoid", vocab_size=tokenizer.vocab_size, block_size=16)
+    accumulator, windows = MetricAccumulator(), WindowAccumulator()
+
+    def sum_held_out(log_probs, targets, window, extras):
+        accumulator.update(log_probs, targets, token_bytes[targets], extras)
+        windows.update(log_probs, targets, window)
+
+    report = ood_report(model, data, tokenizer, "val", num_batches=3, on_held_out=sum_held_out)
+    single_pass = accumulator.compute()
+    expected = evaluate(model, data, "val", 3, token_bytes)
+    assert single_pass.keys() == expected.keys()
+    for key, value in expected.items():
+        assert single_pass[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    arrays = windows.arrays()
+    assert len(arrays["nll"]) == 12 and arrays["tokens"] == [16] * 12
+    per_window_nll = torch.tensor(arrays["nll"]) / 16
+    assert per_window_nll.mean().item() == pytest.approx(report["in_nll"], rel=1e-6)

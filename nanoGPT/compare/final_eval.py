@@ -18,7 +18,6 @@ from nanoGPT.checkpoint import checkpoint_path, load_model
 from nanoGPT.compare.plan import Run, final_split
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
-from nanoGPT.evaluate import evaluate
 from nanoGPT.metrics import MetricAccumulator, WindowAccumulator
 from nanoGPT.model import GPT
 from nanoGPT.ood import ood_report
@@ -165,12 +164,18 @@ def measure(run: Run, settings: EvalSettings, judge_path: str) -> dict:
     data = TokenData(run.cfg.data_dir, settings.block_size, settings.batch_size, rt.device, run.seed)
     token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), device=rt.device)
     accumulator, windows = MetricAccumulator(device=rt.device), WindowAccumulator()
-    metrics = evaluate(
-        model, data, split, settings.final_eval_iters, token_bytes, rt.autocast(), seed=run.seed,
-        accumulator=accumulator, windows=windows,
+
+    def sum_held_out(log_probs, targets, window, extras) -> None:
+        accumulator.update(log_probs, targets, token_bytes[targets], extras)
+        windows.update(log_probs, targets, window)
+
+    # one pass scores the held-out windows (metrics, per-window sums for the bootstrap, OOD
+    # scores) and then as many windows of shifted text: can the row's uncertainty tell them apart?
+    ood = ood_report(
+        model, data, tokenizer, split, settings.final_eval_iters, run.seed, rt.autocast(),
+        on_held_out=sum_held_out,
     )  # fmt: skip
-    # the same windows against shifted text: can the row's uncertainty tell them apart?
-    ood = ood_report(model, data, tokenizer, split, settings.final_eval_iters, run.seed, rt.autocast())
+    metrics = accumulator.compute()
     metrics.update({k: v for k, v in ood.items() if k.startswith(OOD_KEYS)})
     samples = generate_samples(model, tokenizer, settings, rt)
     del model
