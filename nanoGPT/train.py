@@ -386,6 +386,7 @@ def run_loop(training: Training, state: RunState) -> dict:
         stopping = state.bad_in_a_row > cfg.max_bad_steps
         fresh = state.iter_num != state.resumed_at
         evaluated = improved = False
+        paused_at = time.time()
         if (state.iter_num % cfg.eval_interval == 0 or at_end) and fresh and not stopping:
             evaluated, improved = True, evaluate_and_log(training, state)
         by_interval = cfg.checkpoint_interval > 0 and state.iter_num % cfg.checkpoint_interval == 0
@@ -393,6 +394,7 @@ def run_loop(training: Training, state: RunState) -> dict:
         if fresh and (state.iter_num > 0 or at_end) and due:
             save(training, state, best=improved)
             state.last_save_time, state.save_due_by_time = time.time(), False
+        state.t_last += time.time() - paused_at  # ms/iter times training steps, not these
         if stopping:
             stop_for_bad_steps(training, state)
         if at_end:

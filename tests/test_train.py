@@ -5,6 +5,7 @@ import json
 import os
 import runpy
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -332,3 +333,19 @@ def test_checkpoint_minutes_saves_when_the_time_is_up(char_data, tmp_path):
     )
     train(cfg)
     assert [it for it, _ in checkpoint.list_checkpoints(cfg.out_dir)] == [1, 2, 3, 4, 5]
+
+
+def test_ms_per_iter_times_training_steps_not_evaluations(char_data, tmp_path, monkeypatch):
+    import nanoGPT.train as train_module
+
+    real_evaluate_and_log = train_module.evaluate_and_log
+
+    def slow_evaluation(training, state):
+        time.sleep(0.5)  # an evaluation as slow as a Bayesian head's on a big vocabulary
+        return real_evaluate_and_log(training, state)
+
+    monkeypatch.setattr(train_module, "evaluate_and_log", slow_evaluation)
+    cfg = tiny_config(char_data, tmp_path, max_iters=4, eval_interval=2, log_interval=2)
+    train(cfg)
+    times = [r["ms_per_iter"] for r in read_log(cfg, "train")]
+    assert len(times) == 2 and max(times) < 200  # 500 ms of evaluation per 2 steps is not in it
