@@ -5,6 +5,5 @@ import os
 exec(open(os.path.join(os.path.dirname(__file__), "train_baseline_shakespeare_char.py")).read())
 out_dir = "out/bayes-shakespeare-char"
 variant = "bayes"
-prior_sigma = 1.0
 kl_weight = 1.0
 bayes_samples = 8

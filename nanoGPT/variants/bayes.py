@@ -10,8 +10,10 @@ The posterior std of each entry is sigma = exp(posterior_sigma_scale * theta) wi
 trained parameter: Adam moves every parameter by about the learning rate per step, so with a
 scale of s, log sigma moves s times faster than the means. At s = 1 (or with the earlier
 softplus(rho) parameterisation) the posterior cannot widen from its 1e-3 start to its
-ELBO-optimal width within a training run, and the head's mutual information stays ~5e-5 nats
-(README, "Bayesian heads", has the sweep that chose the default).
+ELBO-optimal width within a training run, and the head's mutual information stays ~1e-4 nats.
+The prior's width matters as much: N(0, 1) on a head over layer-normed features lets the
+posterior widen until the logits' noise swamps the prediction. config/sweep_bayes_shakespeare.py
+is the sweep that chose the defaults (README, "Bayesian heads").
 
 Training estimates the expectation with one of two reparameterisations (`bayes_estimator`):
   - "local" (the local reparameterisation trick): for a linear layer with independent
@@ -26,8 +28,9 @@ priors estimate it by Monte Carlo at a weight sample (nanoGPT/bayes_priors.py).
 `bayes_backend=pyro` trains the same head through Pyro (PyroModule, AutoNormal, Trace_ELBO):
 the reference, slower path.
 
-The predictive distribution averages S sampled softmaxes. Samples are drawn per token the
-same way, which gives the right per-token marginal (not a joint over tokens).
+The predictive distribution averages S sampled softmaxes, one at a time (metrics.SampleMixture):
+a weight sample shared by the rows scored together, or one per row when there are fewer rows
+than features. Either gives every token the right marginal (not a joint over tokens).
 """
 
 from __future__ import annotations
