@@ -2,7 +2,7 @@
 # SentencePiece pieces (2048, trained on the train split), decided by 3 seeds and paired
 # bootstrap verdicts. Measured wall time: see the report (python compare.py config/compare_shakespeare.py).
 #
-# - a teacher (4 layers x 128, all of train.bin, 3.3x the students' tokens: ~7x their compute) is
+# - a teacher (4 layers x 128, all of train.bin, 2.7x the students' tokens: ~5x their compute) is
 #   trained once and kept in out/teachers/;
 #   it supplies the +aug rows' extra positives and distill's targets, and judges the samples
 # - students (3 x 96) train data-limited: the first 10% of train.bin for several epochs, so
@@ -32,11 +32,11 @@ min_lr = 5e-4
 warmup_iters = 15
 beta2 = 0.99
 eval_interval = 75  # best.pt is chosen on val at 75 and 150
-eval_iters = 10
+eval_iters = 6
 log_interval = 25
 # the teacher: wider, deeper, all of train.bin, longer
 teacher = "train"
-teacher_overrides = "n_layer=4;n_embd=128;max_iters=500;lr_decay_iters=500;warmup_iters=50;eval_interval=250"
+teacher_overrides = "n_layer=4;n_embd=128;max_iters=400;lr_decay_iters=400;warmup_iters=40;eval_interval=200"
 # augmenter (+aug rows, distill), read from a cache the teacher fills once: the teacher's top 8
 # next pieces at every position, kept when at least 5% likely
 augment_source = "cache"
@@ -44,8 +44,8 @@ augment_positions = "all"
 augment_k = 8
 augment_filter = "prob"
 augment_min_prob = 0.05
-# the same 960 windows of 64 pieces of test for every run
-final_eval_iters = 30
+# the same 800 windows of 64 pieces of test for every run
+final_eval_iters = 25
 prompts = "ROMEO:|JULIET:|First Citizen:"
 num_samples = 2
 sample_tokens = 100
