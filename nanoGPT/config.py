@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -215,3 +217,134 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     """Rebuild a config saved in a checkpoint, ignoring keys this version no longer has."""
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# --- validation: every key's type and range, before any work -----------------------------
+
+# Each range is "[low, high]" with ( or ) for an open end; "inf" for no bound. Checked keys of
+# any config class that has them; a float must also be finite, an int fit in 64 bits.
+RANGES = {
+    "n_layer": "[1, 10000]",
+    "n_head": "[1, inf)",
+    "n_embd": "[1, 1000000]",
+    "block_size": "[1, 1000000]",
+    "vocab_size": "[1, 4294967296]",
+    "dropout": "[0, 1)",
+    "rope_theta": "(0, inf)",
+    "conv_factor": "[2, 1000000]",
+    "conv_levels": "[1, 5000]",
+    "progressive_group": "[0, 10000]",
+    "progressive_stage2": "[0, inf)",
+    "progressive_stage3": "[0, inf)",
+    "progressive_iters": "[0, inf)",
+    "lora_rank": "[1, 1000000]",
+    "lora_alpha": "[0, inf)",
+    "label_smoothing": "[0, 1)",
+    "pos_weight": "(0, inf)",
+    "distill_alpha": "[0, 1]",
+    "distill_temperature": "(0, inf)",
+    "prior_sigma": "(0, inf)",
+    "prior_sigma2": "(0, inf)",
+    "prior_mix_weight": "(0, 1)",
+    "posterior_init_sigma": "(0, inf)",
+    "posterior_sigma_scale": "(0, inf)",
+    "kl_weight": "[0, inf)",
+    "kl_num_tokens": "[0, inf)",
+    "bayes_samples": "[1, 1000000]",
+    "eval_interval": "[1, inf)",
+    "eval_iters": "[1, inf)",
+    "log_interval": "[1, inf)",
+    "sample_interval": "[0, inf)",
+    "sample_tokens": "[0, 1000000]",
+    "checkpoint_interval": "[0, inf)",
+    "checkpoint_minutes": "[0, inf)",
+    "keep_checkpoints": "[1, inf)",
+    "max_bad_steps": "[0, inf)",
+    "debug_nan_at_iter": "[-1, inf)",
+    "debug_nan_steps": "[0, inf)",
+    "debug_save_pause_s": "[0, 3600]",
+    "batch_size": "[1, 1000000]",
+    "train_fraction": "(0, 1]",
+    "augment_k": "[1, inf)",
+    "augment_threshold": "(0, inf)",
+    "augment_min_prob": "(0, 1]",
+    "augment_window": "[2, inf)",
+    "gradient_accumulation_steps": "[1, 1000000]",
+    "learning_rate": "[0, inf)",
+    "max_iters": "[0, inf)",
+    "weight_decay": "[0, inf)",
+    "beta1": "[0, 1)",
+    "beta2": "[0, 1)",
+    "grad_clip": "[0, inf)",
+    "warmup_iters": "[0, inf)",
+    "lr_decay_iters": "[0, inf)",
+    "min_lr": "[0, inf)",
+    "seed": f"[0, {2**63})",
+    "peak_flops": "(0, inf)",
+}
+# keys whose string names one of a few settings (the model's and the augmenter's own choices
+# are checked where they are defined, with their registries)
+CHOICES = {
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "backend": ("auto", "nccl", "gloo"),
+    "eval_split": ("val", "test"),
+}
+NON_EMPTY = ("out_dir", "log_dir")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
+INT64 = 2**63
+
+
+def _in_range(value: float, spec: str) -> bool:
+    low, high = (float(end) for end in spec[1:-1].split(","))
+    above = value >= low if spec[0] == "[" else value > low
+    below = value <= high if spec[-1] == "]" else value < high
+    return above and below
+
+
+def _check_number(key: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value}")
+    spec = RANGES.get(key)
+    if spec is not None and not _in_range(value, spec):
+        raise UserError(f"{key} must be in {spec}, got {value}")
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        raise UserError(f"{key}={value} does not fit in 64 bits")
+
+
+def _check_string(key: str, value: str) -> None:
+    if "\0" in value:
+        raise UserError(f"{key} must not hold a NUL character")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in NON_EMPTY and not value:
+        raise UserError(f"{key} must not be empty")
+    if key == "device" and not DEVICE_PATTERN.fullmatch(value):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def validate_config(config: Any) -> None:
+    """UserError (one line) for the first key of `config` (a dataclass) whose type or range
+    the code cannot run with: checked before anything is loaded, built or written."""
+    for key, expected in _field_types(type(config)).items():
+        value = getattr(config, key)
+        _check_type(key, value, expected)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            _check_number(key, value)
+        elif isinstance(value, str):
+            _check_string(key, value)
+    n_embd, n_head = getattr(config, "n_embd", 1), getattr(config, "n_head", 1)
+    if n_embd % n_head:
+        raise UserError(f"n_embd={n_embd} must be a multiple of n_head={n_head}")
+
+
+def check_writable(folder: str, key: str) -> None:
+    """UserError unless `folder` is, or can be created as, a writable folder; creates nothing."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f"{key}={folder}: {path} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={folder}: {path} is not writable")

@@ -41,6 +41,9 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device} but CUDA is not available; use --device=cpu")
+    index = device.partition(":")[2]
+    if device.startswith("cuda") and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"device={device} but there are {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -36,7 +36,7 @@ from nanoGPT.checkpoint import (
     save_checkpoint,
     tokenizer_record,
 )
-from nanoGPT.config import TrainConfig, apply_config
+from nanoGPT.config import TrainConfig, apply_config, check_writable, validate_config
 from nanoGPT.data import Batch, TokenData, resolve_data_dir, vocabulary_name
 from nanoGPT.errors import UserError, cli
 from nanoGPT.evaluate import evaluate
@@ -170,21 +170,13 @@ class Step:
 
 
 def check_config(cfg: TrainConfig, rt: Runtime) -> None:
-    """UserError for a setting the loop cannot run with, before anything is loaded or written."""
+    """UserError for a setting this many processes cannot run with (validate_config has
+    checked each key alone), before anything is loaded or written."""
     if cfg.gradient_accumulation_steps % rt.world_size:
         raise UserError(
             f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
             f"multiple of the number of processes ({rt.world_size})"
         )
-    if cfg.eval_split not in ("val", "test"):
-        raise UserError(f"eval_split must be val or test, got {cfg.eval_split!r}")
-    for key in ("checkpoint_interval", "checkpoint_minutes", "max_bad_steps"):
-        if getattr(cfg, key) < 0:
-            raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.keep_checkpoints < 1:
-        raise UserError(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
-    if not 0 < cfg.train_fraction <= 1:
-        raise UserError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
 
 
 def load_data(cfg: TrainConfig, rt: Runtime) -> tuple[TokenData, Tokenizer]:
@@ -347,6 +339,9 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
 
 def train(cfg: TrainConfig) -> dict:
     """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
+    validate_config(cfg)  # every key's type and range, before anything starts
+    check_writable(cfg.out_dir, "out_dir")
+    check_writable(cfg.log_dir, "log_dir")
     rt = setup_runtime(cfg)
     log = RunLog(cfg, rt.master)
     try:
