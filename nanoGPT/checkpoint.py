@@ -8,6 +8,11 @@ A run's out_dir holds
     ckpt.pt -> ckpt-000120.pt    a symbolic link to the newest checkpoint
     best.pt -> ckpt-000100.pt    a symbolic link to the best evaluated one (never rotated away)
 
+The numbered checkpoints are the record; the two links are derived from them (each checkpoint
+records whether it was saved as the best, `saved_as_best`, and its `best_val_loss`), and
+`repair_pointers` derives them again at every start: a save killed between the checkpoint and
+its links, or a link damaged by hand, is put right rather than trusted.
+
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads with
 `torch.load(weights_only=True)`: a crafted file cannot execute code. Every file is written to
 a temporary file in the same folder and moved into place with `os.replace`, the checksum
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -33,6 +39,7 @@ from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, replac
 from nanoGPT.config import ModelConfig, config_from_dict
 from nanoGPT.data import resolve_data_dir
 from nanoGPT.errors import UserError
+from nanoGPT.guard import finite_flags
 from nanoGPT.model import GPT
 from nanoGPT.tokenizer import load_tokenizer
 
@@ -110,7 +117,9 @@ def save_checkpoint(
         if pause_s > 0:
             time.sleep(pause_s)
 
+    _check_finite_weights(state.get("model", {}), iter_num)
     path = numbered_checkpoint_path(out_dir, iter_num)
+    state = {**state, "saved_as_best": best}  # what repair_pointers derives best.pt from
     tmp = write_temp(out_dir, lambda f: torch.save(state, f), suffix=".pt")
     try:
         pause()
@@ -130,6 +139,18 @@ def save_checkpoint(
     pause()
     _remove_old_checkpoints(out_dir, keep)
     return path
+
+
+def _check_finite_weights(weights: dict[str, torch.Tensor], iter_num: int) -> None:
+    """UserError if a floating-point tensor of `weights` holds a NaN or inf: a run resumes
+    from its checkpoints, so one with broken weights is never written."""
+    floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
+    bad = [k for k, ok in zip(floats, finite_flags(list(floats.values())).tolist()) if not ok]
+    if bad:
+        raise UserError(
+            f"refusing to save the checkpoint of iteration {iter_num}: non-finite values in "
+            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
 
 
 def _remove_old_checkpoints(out_dir: str, keep: int) -> None:
@@ -194,10 +215,15 @@ def load_checkpoint(
         raise UserError(f"checkpoint {path} is not a file")
     if not verify_checksum(path) and require_checksum:
         raise UserError(f"{path} has no checksum file ({os.path.basename(path)}{CHECKSUM_SUFFIX}) beside it")
+    return _read(path, map_location)
+
+
+def _read(path: str, map_location: str | torch.device, mmap: bool = False) -> dict[str, Any]:
+    """torch.load as data only; `mmap` leaves the tensors on disk (reading a few entries)."""
     try:
         # weights_only: tensors, numbers, strings and containers; any other object in the
         # pickle (the way a crafted file would run code) is refused before it is built
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # a damaged or foreign file can fail in many ways; all mean "not ours"
         text = str(err).strip()
         first = text.splitlines()[0][:160] if text else type(err).__name__
@@ -224,7 +250,7 @@ def find_resume_checkpoint(
         candidates.append((last, False))
     for path, numbered in candidates:
         try:
-            return path, load_checkpoint(path, "cpu", require_checksum=numbered)
+            found = path, load_checkpoint(path, "cpu", require_checksum=numbered)
         except UserError as err:
             note = "skipped"
             if set_aside:
@@ -234,6 +260,10 @@ def find_resume_checkpoint(
                     note = f"skipped (could not rename it: {move_err.strerror})"
             if report is not None:
                 report(f"{err}; {note}")
+            continue
+        _repair_pointers(out_dir, path if numbered else None, report)
+        return found
+    _repair_pointers(out_dir, None, report)
     return None
 
 
@@ -244,6 +274,70 @@ def _set_aside(path: str) -> str:
     if os.path.exists(path + CHECKSUM_SUFFIX):
         os.replace(path + CHECKSUM_SUFFIX, f"{path}{CHECKSUM_SUFFIX}.invalid-{stamp}")
     return moved
+
+
+# --- ckpt.pt and best.pt, derived from the numbered checkpoints ---------------------------
+
+
+def repair_pointers(out_dir: str, report: Callable[[str], None] | None = None) -> None:
+    """Point ckpt.pt at the newest valid numbered checkpoint and best.pt at the valid one saved
+    as the best with the lowest best_val_loss, whatever state the links are in (missing,
+    dangling, a loop, stale after a killed save, a directory or garbage, which is set aside
+    as <name>.invalid-<time> and reported). A link with nothing valid to name is left as it is."""
+    newest = next((path for _, path in reversed(list_checkpoints(out_dir)) if _is_valid(path)), None)
+    _repair_pointers(out_dir, newest, report)
+
+
+def _repair_pointers(out_dir: str, newest: str | None, report: Callable[[str], None] | None) -> None:
+    _repair_pointer(checkpoint_path(out_dir, "last"), newest, report)
+    _repair_pointer(checkpoint_path(out_dir, "best"), _best_checkpoint(out_dir), report)
+
+
+def _is_valid(path: str) -> bool:
+    """Does the numbered checkpoint match its checksum and load (tensors left on disk)?"""
+    try:
+        return verify_checksum(path) and bool(_read(path, "cpu", mmap=True))
+    except (UserError, OSError):
+        return False
+
+
+def _best_checkpoint(out_dir: str) -> str | None:
+    """The valid checkpoint saved as the best with the lowest best_val_loss (the newest of
+    equals). Checkpoints of before `saved_as_best` was recorded keep the best.pt they have."""
+    ranked, recorded = [], False
+    for it, path in list_checkpoints(out_dir):
+        try:
+            ckpt = _read(path, "cpu", mmap=True)
+        except UserError:
+            continue
+        recorded = recorded or "saved_as_best" in ckpt
+        if ckpt.get("saved_as_best"):
+            ranked.append((float(ckpt.get("best_val_loss", math.inf)), -it, path))
+    if not recorded:
+        link = checkpoint_path(out_dir, "best")
+        named = os.path.join(out_dir, os.readlink(link)) if os.path.islink(link) else ""
+        ranked = [(0.0, 0, named)] if _NUMBERED.fullmatch(os.path.basename(named)) else []
+    return next((path for _, _, path in sorted(ranked) if _is_valid(path)), None)
+
+
+def _repair_pointer(link: str, target: str | None, report: Callable[[str], None] | None) -> None:
+    if target is None:
+        return
+    if os.path.islink(link):
+        if os.readlink(link) == os.path.basename(target):
+            return
+    elif os.path.isfile(link) and _same_content(link, target):
+        return  # a copy: the file system has no symbolic links
+    elif os.path.lexists(link):  # a directory, or a file that is not the checkpoint it should be
+        moved = _set_aside(link)
+        if report is not None:
+            report(f"{link} was not a link to {os.path.basename(target)}; kept as {moved}")
+    _point_link(link, target)
+
+
+def _same_content(path: str, target: str) -> bool:
+    with open(target + CHECKSUM_SUFFIX, "rb") as f:
+        return sha256_of(path) == f.read(64).decode("ascii", errors="replace")
 
 
 def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> ModelConfig:
