@@ -5,6 +5,7 @@ A run's out_dir holds
     ckpt-000120.pt           a checkpoint (here of iteration 120); the newest
                              `keep_checkpoints` of them are kept
     ckpt-000120.pt.sha256    its SHA-256 in `sha256sum` format (`sha256sum -c` checks it)
+    run.lock                 locked (flock) by the one run using out_dir; holds its pid
     ckpt.pt -> ckpt-000120.pt    a symbolic link to the newest checkpoint
     best.pt -> ckpt-000100.pt    a symbolic link to the best evaluated one (never rotated away)
 
@@ -22,6 +23,7 @@ either absent, or old and whole, or new and whole; a checkpoint is never without
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -30,10 +32,15 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not kept apart
+    fcntl = None
 
 from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, replace_with, write_temp
 from nanoGPT.config import ModelConfig, config_from_dict
@@ -47,6 +54,7 @@ FORMAT = "nanoGPT-objectives/1"
 LAST, BEST = "ckpt.pt", "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 _NUMBERED = re.compile(r"ckpt-(\d+)\.pt")
+LOCK_NAME = "run.lock"
 
 
 def numbered_checkpoint_path(out_dir: str, iter_num: int) -> str:
@@ -168,8 +176,88 @@ def _remove_old_checkpoints(out_dir: str, keep: int) -> None:
                 os.remove(orphan)
 
 
+# --- one run per out_dir ------------------------------------------------------------------
+
+_held: dict[str, IO[str]] = {}  # the out_dirs this process has locked (real paths): their lock files
+
+
+class OutDirLock:
+    """This process's lock on an out_dir; close() (or the process ending) releases it."""
+
+    def __init__(self, key: str | None):
+        self.key = key
+
+    def close(self) -> None:
+        lock_file = _held.pop(self.key, None) if self.key else None
+        if lock_file is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+            lock_file.close()
+
+    def __enter__(self) -> OutDirLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lock_out_dir(out_dir: str) -> OutDirLock:
+    """Lock out_dir for one run (an advisory flock on out_dir/run.lock, which records the pid).
+
+    Another run holding it, in this process or another, is a UserError naming its pid. The
+    lock is released by close() or when the process ends, however it ends.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    key = os.path.realpath(out_dir)
+    if fcntl is None:
+        return OutDirLock(None)
+    lock_file = open(os.path.join(out_dir, LOCK_NAME), "a+")  # held past this call: no `with`
+    try:
+        if key in _held:
+            raise BlockingIOError
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise UserError(
+            f"{out_dir} is in use by another run (pid {holder}): wait for it to end or use another out_dir"
+        ) from None
+    except OSError as err:  # a file system without locks (some network mounts)
+        lock_file.close()
+        warn(f"cannot lock {out_dir} ({err.strerror}): nothing keeps a second run out of it")
+        return OutDirLock(None)
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    _held[key] = lock_file
+    return OutDirLock(key)
+
+
+@contextlib.contextmanager
+def _ours(out_dir: str) -> Iterator[bool]:
+    """True while no other run is using out_dir: this process holds its lock, or takes it for
+    the block. False while another run holds it: that run's files are not ours to touch."""
+    if not os.path.isdir(out_dir) or os.path.realpath(out_dir) in _held:
+        yield True
+        return
+    try:
+        lock = lock_out_dir(out_dir)
+    except UserError:
+        yield False
+        return
+    with lock:
+        yield True
+
+
 def remove_temp_files(out_dir: str) -> list[str]:
-    """Delete the temporary files a killed save left in out_dir; returns their names."""
+    """Delete the temporary files a killed save left in out_dir; returns their names. Nothing
+    is deleted while another run holds out_dir (they may be its save in progress)."""
+    with _ours(out_dir) as ours:
+        return _remove_temp_files(out_dir) if ours else []
+
+
+def _remove_temp_files(out_dir: str) -> list[str]:
     if not os.path.isdir(out_dir):
         return []
     stale = [name for name in os.listdir(out_dir) if name.startswith(TEMP_PREFIX)]
@@ -283,14 +371,17 @@ def repair_pointers(out_dir: str, report: Callable[[str], None] | None = None) -
     """Point ckpt.pt at the newest valid numbered checkpoint and best.pt at the valid one saved
     as the best with the lowest best_val_loss, whatever state the links are in (missing,
     dangling, a loop, stale after a killed save, a directory or garbage, which is set aside
-    as <name>.invalid-<time> and reported). A link with nothing valid to name is left as it is."""
+    as <name>.invalid-<time> and reported). A link with nothing valid to name is left as it is,
+    and so are both while another run holds out_dir: it keeps them itself."""
     newest = next((path for _, path in reversed(list_checkpoints(out_dir)) if _is_valid(path)), None)
     _repair_pointers(out_dir, newest, report)
 
 
 def _repair_pointers(out_dir: str, newest: str | None, report: Callable[[str], None] | None) -> None:
-    _repair_pointer(checkpoint_path(out_dir, "last"), newest, report)
-    _repair_pointer(checkpoint_path(out_dir, "best"), _best_checkpoint(out_dir), report)
+    with _ours(out_dir) as ours:
+        if ours:
+            _repair_pointer(checkpoint_path(out_dir, "last"), newest, report)
+            _repair_pointer(checkpoint_path(out_dir, "best"), _best_checkpoint(out_dir), report)
 
 
 def _is_valid(path: str) -> bool:

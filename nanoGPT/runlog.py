@@ -11,6 +11,7 @@ import re
 import sys
 import time
 
+from nanoGPT import checkpoint
 from nanoGPT.atomic import atomic_write_text
 from nanoGPT.config import TrainConfig
 
@@ -30,6 +31,7 @@ class RunLog:
         self.pending_header: str | None = f"=== {started} {cfg.variant}, init_from={cfg.init_from}"
         self.pending_header += ", eval_only" if cfg.eval_only else ""
         self.wandb = None
+        self.held: list = []  # what the run holds until it ends (its out_dir lock), closed by close()
 
     def _append(self, name: str, text: str) -> None:
         if self.pending_header is not None:  # this process's first write: make the folder, head train.log
@@ -118,10 +120,19 @@ class RunLog:
             if later:
                 atomic_write_text(samples_path, text[: later[0]])
 
+    def lock_out_dir(self, out_dir: str) -> None:
+        """One run per out_dir: lock it until close() (checkpoint.lock_out_dir; a UserError
+        naming the pid of another run holding it). Called before the run touches out_dir."""
+        self.held.append(checkpoint.lock_out_dir(out_dir))
+
     def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-            self.wandb = None
+        try:
+            if self.wandb is not None:
+                self.wandb.finish()
+                self.wandb = None
+        finally:
+            while self.held:
+                self.held.pop().close()
 
 
 def _after_a_cut_line(path: str) -> str:

@@ -289,6 +289,7 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
     torch.manual_seed(cfg.seed + rt.rank)
     data, tokenizer = load_data(cfg, rt)
     if rt.master:
+        log.lock_out_dir(cfg.out_dir)  # one run per out_dir; released when the run ends
         remove_temp_files(cfg.out_dir)  # left by a save that was killed
         if cfg.init_from not in ("resume", "auto") and not cfg.eval_only:
             move_aside_earlier_run(cfg.out_dir, log.print)

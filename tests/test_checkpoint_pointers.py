@@ -1,7 +1,10 @@
 """ckpt.pt and best.pt are derived from the numbered checkpoints at every start: a save killed
-in any phase, or a damaged link, is repaired to name the newest and the best valid ones."""
+in any phase, or a damaged link, is repaired to name the newest and the best valid ones. One
+run per out_dir: a second one refuses, naming the first one's pid, and touches nothing."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -11,9 +14,12 @@ from nanoGPT.checkpoint import (
     checkpoint_path,
     find_resume_checkpoint,
     load_checkpoint,
+    lock_out_dir,
+    remove_temp_files,
     repair_pointers,
     save_checkpoint,
 )
+from nanoGPT.errors import UserError
 from nanoGPT.train import train
 from tests.conftest import tiny_config
 
@@ -164,3 +170,52 @@ def test_a_rerun_after_a_kill_before_the_links_repairs_them(char_data, tmp_path)
     train(cfg)
 
     assert (pointed(cfg.out_dir, "last"), pointed(cfg.out_dir, "best")) == ("ckpt-000004.pt", best)
+
+
+HOLD = (  # another run: holds the lock on argv[1] until its stdin closes
+    "import sys\n"
+    "from nanoGPT.checkpoint import lock_out_dir\n"
+    "lock_out_dir(sys.argv[1])\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_second_lock_in_this_process_refuses_until_the_first_is_released(tmp_path):
+    out_dir = str(tmp_path / "out")
+    with lock_out_dir(out_dir):
+        with pytest.raises(UserError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            lock_out_dir(out_dir)
+    with lock_out_dir(out_dir):
+        pass
+
+
+def test_a_second_run_refuses_with_the_holders_pid_and_touches_nothing(char_data, tmp_path):
+    cfg = tiny_config(char_data, tmp_path, max_iters=2, eval_interval=2, init_from="auto")
+    os.makedirs(cfg.out_dir)
+    theirs = os.path.join(cfg.out_dir, ".tmp-99999-0123456789ab.pt")  # the live run's save in progress
+    with open(theirs, "wb") as f:
+        f.write(b"half a checkpoint")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, cfg.out_dir],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(UserError) as refused:
+            train(cfg)
+        assert f"pid {holder.pid}" in str(refused.value) and "\n" not in str(refused.value)
+        assert remove_temp_files(cfg.out_dir) == [] and os.path.exists(theirs)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+    train(cfg)  # the holder's exit released the lock
+
+    assert not os.path.exists(theirs)  # once the lock is held, leftovers are a dead run's
+    with lock_out_dir(cfg.out_dir):  # and the run released its own when it ended
+        pass
