@@ -8,14 +8,18 @@ removes the temporary file and leaves the destination as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 TEMP_PREFIX = ".tmp-"  # what a temporary file's name starts with (checkpoint.py cleans them up)
+STAGING_PREFIX = ".staging-"  # a folder of files that replace a folder's files together
+_COMMITTED = ".committed"  # in a staging folder: it is complete, its files are moving in
 
 
 def fsync_dir(folder: str) -> None:
@@ -87,3 +91,81 @@ def json_safe(value: Any) -> Any:
 def atomic_write_json(path: str, obj: Any) -> None:
     """`obj` as indented JSON, non-finite numbers as null, atomically."""
     atomic_write_text(path, json.dumps(json_safe(obj), indent=1))
+
+
+# --- a set of files replaced together ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def staged_files(folder: str, owned: Callable[[str], bool]) -> Iterator[str]:
+    """A staging folder inside `folder` to write a new set of files into; on success they
+    replace `folder`'s files together, and those `owned` (a predicate on names) that the new
+    set lacks are deleted. A failure deletes the staging folder: `folder` stays as it was.
+
+    The swap is marked committed before its first rename, so one cut short by a kill is
+    finished by the next `finish_swaps` (a reader's or a writer's) rather than left half done.
+    """
+    os.makedirs(folder, exist_ok=True)
+    finish_swaps(folder, owned)
+    staging = os.path.join(folder, f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    os.makedirs(staging)
+    try:
+        yield staging
+        atomic_write_text(os.path.join(staging, _COMMITTED), "\n".join(sorted(os.listdir(staging))))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_in(folder, staging, owned)
+
+
+def destination(path: str) -> str:
+    """Where a file of a staging folder will be once swapped in (other paths: themselves),
+    the path to show a user."""
+    staging = os.path.dirname(path)
+    if os.path.basename(staging).startswith(STAGING_PREFIX):
+        return os.path.join(os.path.dirname(staging), os.path.basename(path))
+    return path
+
+
+def finish_swaps(folder: str, owned: Callable[[str], bool]) -> None:
+    """Finish the committed swaps a killed process left in `folder`; delete the staging
+    folders of processes that died before committing theirs."""
+    if not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        staging = os.path.join(folder, name)
+        if not name.startswith(STAGING_PREFIX) or not os.path.isdir(staging):
+            continue
+        if os.path.exists(os.path.join(staging, _COMMITTED)):
+            _move_in(folder, staging, owned)
+        elif not _alive(name[len(STAGING_PREFIX) :].partition("-")[0]):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(folder: str, staging: str, owned: Callable[[str], bool]) -> None:
+    try:
+        with open(os.path.join(staging, _COMMITTED)) as f:
+            new = set(f.read().split("\n")) - {"", _COMMITTED}
+    except FileNotFoundError:  # another process finished this swap
+        return
+    for name in os.listdir(folder):
+        if owned(name) and name not in new and os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    for name in sorted(new):
+        with contextlib.suppress(FileNotFoundError):  # moved already, by an earlier attempt
+            os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    fsync_dir(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    """Is the process `pid` running? (Not a pid: no.)"""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by another user
+        return True
+    return True

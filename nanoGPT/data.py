@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nanoGPT.atomic import finish_swaps
 from nanoGPT.errors import UserError
-from nanoGPT.tokenizer import META_FILE, Tokenizer
+from nanoGPT.tokenizer import META_FILE, SENTENCEPIECE_FILE, Tokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -76,6 +77,11 @@ def train_prefix_tokens(num_tokens: int, train_fraction: float) -> int:
     return int(num_tokens * train_fraction)
 
 
+def is_data_file(name: str) -> bool:
+    """Is `name` one of the files a preparation writes (replaced together, prepare.py)?"""
+    return name in (META_FILE, SENTENCEPIECE_FILE) or name in {f"{split}.bin" for split in SPLIT_CODES}
+
+
 class TokenData:
     """Random windows of a split for training, fixed evenly spread windows for evaluation.
 
@@ -95,6 +101,7 @@ class TokenData:
     ):
         self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
         self.device, self.seed, self.rank = device, seed, rank
+        finish_swaps(data_dir, is_data_file)  # a preparation killed while moving its files in
         if not os.path.isfile(self.path("train")):
             raise UserError(f"no training data: {self.path('train')} not found{prepare_hint(data_dir)}")
         for split in self.splits():

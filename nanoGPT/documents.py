@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nanoGPT.atomic import destination
 from nanoGPT.errors import UserError
 from nanoGPT.prepare import save_tokenizer, write_meta, write_split
 from nanoGPT.tokenizer import META_FILE, SentencePieceTokenizer, Tokenizer, gpt2_tokenizer
@@ -63,7 +64,7 @@ def make_tokenizer(
         raise UserError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {kind!r}")
     print(f"training a {vocab_size}-piece SentencePiece {model_type} model", flush=True)
     tokenizer = SentencePieceTokenizer.train(training_texts(), out_dir, vocab_size, model_type)
-    print(f"{tokenizer.model_path}: {tokenizer.vocab_size} pieces")
+    print(f"{destination(tokenizer.model_path)}: {tokenizer.vocab_size} pieces")
     return tokenizer
 
 
@@ -91,6 +92,6 @@ def record_tokenizer(out_dir: str, tokenizer: Tokenizer) -> None:
     if isinstance(tokenizer, SentencePieceTokenizer):
         meta_path = os.path.join(out_dir, META_FILE)
         write_meta(meta_path, tokenizer.to_meta())
-        print(f"{meta_path}: SentencePiece, {tokenizer.vocab_size} ids")
+        print(f"{destination(meta_path)}: SentencePiece, {tokenizer.vocab_size} ids")
     else:
         save_tokenizer(out_dir, tokenizer)

@@ -7,6 +7,7 @@ Output format (nanoGPT's): `<split>.bin` is a flat array of uint16 token ids, re
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -19,13 +20,22 @@ from typing import Any
 import numpy as np
 
 from nanoGPT import hub
-from nanoGPT.atomic import atomic_write
+from nanoGPT.atomic import atomic_write, destination, staged_files
 from nanoGPT.config import parse_value
+from nanoGPT.data import is_data_file
 from nanoGPT.errors import UserError, cli
 from nanoGPT.tokenizer import META_FILE, CharTokenizer, Tokenizer, gpt2_tokenizer
 
 TOKEN_DTYPE = np.uint16
 MAX_TOKEN_ID = np.iinfo(TOKEN_DTYPE).max
+
+
+def staged_dataset(out_dir: str) -> contextlib.AbstractContextManager[str]:
+    """`with staged_dataset(out_dir) as folder:` write one preparation's files (.bin, meta.pkl,
+    tokenizer.model) into `folder`; they replace out_dir's together when the block ends, and
+    an earlier set's files the new one lacks are deleted. An error or a kill before the end
+    leaves out_dir's previous data set whole: never a new train.bin beside an old val.bin."""
+    return staged_files(out_dir, is_data_file)
 
 
 def write_tokens(path: str, chunks: Iterable[Sequence[int] | np.ndarray]) -> int:
@@ -68,8 +78,8 @@ def write_split(out_dir: str, split: str, chunks: Iterable[Sequence[int] | np.nd
     count = write_tokens(path, chunks)
     if count == 0:
         os.remove(path)
-        raise UserError(f"the {split} split is empty: no tokens to write to {path}")
-    print(f"{path}: {count:,} tokens")
+        raise UserError(f"the {split} split is empty: no tokens to write to {destination(path)}")
+    print(f"{destination(path)}: {count:,} tokens")
     return count
 
 
@@ -82,17 +92,18 @@ def save_tokenizer(out_dir: str, tokenizer: Tokenizer) -> None:
     meta_path = os.path.join(out_dir, META_FILE)
     if isinstance(tokenizer, CharTokenizer):
         write_meta(meta_path, tokenizer.to_meta())
-        print(f"{meta_path}: {tokenizer.vocab_size} characters")
+        print(f"{destination(meta_path)}: {tokenizer.vocab_size} characters")
     elif os.path.exists(meta_path):
         os.remove(meta_path)
         print(f"removed stale {meta_path} (this folder now holds {tokenizer.kind} tokens)")
 
 
 def write_text_dataset(out_dir: str, tokenizer: Tokenizer, splits: Mapping[str, str]) -> dict[str, int]:
-    """Tokenize each split's text, write <split>.bin and the tokenizer record; return counts."""
-    os.makedirs(out_dir, exist_ok=True)
-    counts = {name: write_split(out_dir, name, [tokenizer.encode(text)]) for name, text in splits.items()}
-    save_tokenizer(out_dir, tokenizer)
+    """Tokenize each split's text, write <split>.bin and the tokenizer record, all replacing
+    out_dir's data set together (staged_dataset); return counts."""
+    with staged_dataset(out_dir) as folder:
+        counts = {name: write_split(folder, name, [tokenizer.encode(text)]) for name, text in splits.items()}
+        save_tokenizer(folder, tokenizer)
     return counts
 
 
@@ -313,7 +324,13 @@ def write_hf_dataset_gpt2(out_dir: str, dataset: Any, num_proc: int) -> dict[str
     already end in "\n" (and the text loader keeps them with keep_linebreaks=True), so the
     .bin decodes back to the original text.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    with staged_dataset(out_dir) as folder:
+        counts = _write_hf_splits(folder, dataset, num_proc)
+        save_tokenizer(folder, gpt2_tokenizer())
+    return counts
+
+
+def _write_hf_splits(out_dir: str, dataset: Any, num_proc: int) -> dict[str, int]:
     counts = {}
     for split_name, bin_name in HF_SPLIT_BINS.items():
         if split_name not in dataset:
@@ -332,5 +349,4 @@ def write_hf_dataset_gpt2(out_dir: str, dataset: Any, num_proc: int) -> dict[str
             desc=f"tokenizing {split_name}",
         )
         counts[bin_name] = write_split(out_dir, bin_name, _split_id_chunks(encoded))
-    save_tokenizer(out_dir, gpt2_tokenizer())
     return counts

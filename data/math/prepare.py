@@ -34,6 +34,7 @@ from nanoGPT.prepare import (
     parse_data_files,
     run_prepare,
     script_dir,
+    staged_dataset,
 )
 
 
@@ -115,12 +116,13 @@ def prepare(
         for batch in train_batches({name: sp_train_docs for name in names}):
             yield from batch
 
-    tok = make_tokenizer(tokenizer, out_dir, training_documents, vocab_size, sp_model_type)
-    counts = {
-        "train": write_documents(out_dir, "train", tok, train_batches(train_limits), rows_are_documents),
-        "val": write_documents(out_dir, "val", tok, val_batches(), rows_are_documents),
-    }
-    record_tokenizer(out_dir, tok)
+    with staged_dataset(out_dir) as folder:  # the files replace the previous set together
+        tok = make_tokenizer(tokenizer, folder, training_documents, vocab_size, sp_model_type)
+        counts = {
+            "train": write_documents(folder, "train", tok, train_batches(train_limits), rows_are_documents),
+            "val": write_documents(folder, "val", tok, val_batches(), rows_are_documents),
+        }
+        record_tokenizer(folder, tok)
     return counts
 
 

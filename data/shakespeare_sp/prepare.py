@@ -12,7 +12,14 @@ reached a lower held-out bits/byte than 1024 or 4096 pieces (compare.py's defaul
 """
 
 from nanoGPT.documents import record_tokenizer
-from nanoGPT.prepare import run_prepare, script_dir, shakespeare_splits, split_text, write_split
+from nanoGPT.prepare import (
+    run_prepare,
+    script_dir,
+    shakespeare_splits,
+    split_text,
+    staged_dataset,
+    write_split,
+)
 from nanoGPT.tokenizer import SentencePieceTokenizer
 
 TEST_FRACTION_OF_HELD_OUT = 0.5  # the last half of shakespeare_splits' val (5% of the text)
@@ -26,10 +33,11 @@ def prepare(
     text, splits = shakespeare_splits()
     val, test = split_text(splits["val"], TEST_FRACTION_OF_HELD_OUT)
     print(f"Shakespeare: {len(text):,} characters; SentencePiece ({vocab_size} pieces) on train")
-    tokenizer = SentencePieceTokenizer.train([splits["train"]], out_dir, vocab_size, sp_model_type)
     texts = {"train": splits["train"], "val": val, "test": test}
-    counts = {name: write_split(out_dir, name, [tokenizer.encode(part)]) for name, part in texts.items()}
-    record_tokenizer(out_dir, tokenizer)
+    with staged_dataset(out_dir) as folder:  # the files replace the previous set together
+        tokenizer = SentencePieceTokenizer.train([splits["train"]], folder, vocab_size, sp_model_type)
+        counts = {name: write_split(folder, name, [tokenizer.encode(part)]) for name, part in texts.items()}
+        record_tokenizer(folder, tokenizer)
     print(", ".join(f"{name}: {count:,} tokens" for name, count in counts.items()))
     return counts
 

@@ -27,6 +27,7 @@ from nanoGPT.prepare import (
     parse_data_files,
     run_prepare,
     script_dir,
+    staged_dataset,
 )
 
 HUB_DATASET = "roneneldan/TinyStories"
@@ -69,14 +70,15 @@ def prepare(
         for batch in text_batches(dataset["train"], texts, sp_train_docs):
             yield from batch
 
-    tok = make_tokenizer(tokenizer, out_dir, training_stories, vocab_size, sp_model_type)
-    counts = {
-        bin_name: write_documents(
-            out_dir, bin_name, tok, text_batches(dataset[split], texts, max_docs), rows_are_stories
-        )
-        for split, bin_name in SPLITS.items()
-    }
-    record_tokenizer(out_dir, tok)
+    with staged_dataset(out_dir) as folder:  # the files replace the previous set together
+        tok = make_tokenizer(tokenizer, folder, training_stories, vocab_size, sp_model_type)
+        counts = {
+            bin_name: write_documents(
+                folder, bin_name, tok, text_batches(dataset[split], texts, max_docs), rows_are_stories
+            )
+            for split, bin_name in SPLITS.items()
+        }
+        record_tokenizer(folder, tok)
     return counts
 
 
