@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoGPT.checkpoint import checkpoint_path, checkpoint_tokenizer, load_model
+from nanoGPT.checkpoint import checkpoint_path, checkpoint_tokenizer, load_model, repair_pointers
 from nanoGPT.config import ModelConfig, apply_config
 from nanoGPT.errors import UserError, cli
 from nanoGPT.model import GPT
@@ -60,6 +60,7 @@ def read_prompt(start: str) -> str:
 def load_for_sampling(cfg: SampleConfig, device: str) -> tuple[GPT, Tokenizer]:
     """The model to sample, in eval mode on `device`, and the tokenizer of its ids."""
     if cfg.init_from == "resume":
+        repair_pointers(cfg.out_dir)  # a save killed before its links, or a damaged link
         path = checkpoint_path(cfg.out_dir, cfg.ckpt)
         overrides = {"bayes_samples": cfg.bayes_samples} if cfg.bayes_samples else {}
         model, ckpt = load_model(path, device, expect_variant=cfg.variant or None, **overrides)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import sample  # the root script (pytest puts the repo root on sys.path)
 from nanoGPT import checkpoint
 from nanoGPT.checkpoint import (
     FORMAT,
@@ -219,3 +220,14 @@ def test_a_second_run_refuses_with_the_holders_pid_and_touches_nothing(char_data
     assert not os.path.exists(theirs)  # once the lock is held, leftovers are a dead run's
     with lock_out_dir(cfg.out_dir):  # and the run released its own when it ended
         pass
+
+
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_sample_repairs_a_damaged_link_before_loading(char_data, tmp_path, which):
+    cfg = tiny_config(char_data, tmp_path, max_iters=2, eval_interval=2, init_from="auto")
+    train(cfg)
+    damage(checkpoint_path(cfg.out_dir, which), "garbage")
+
+    model, _ = sample.load_for_sampling(sample.SampleConfig(out_dir=cfg.out_dir, ckpt=which), "cpu")
+
+    assert model.config.n_embd == cfg.n_embd and pointed(cfg.out_dir, which) == "ckpt-000002.pt"
