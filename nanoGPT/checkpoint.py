@@ -153,7 +153,7 @@ def _check_finite_weights(weights: dict[str, torch.Tensor], iter_num: int) -> No
     """UserError if a floating-point tensor of `weights` holds a NaN or inf: a run resumes
     from its checkpoints, so one with broken weights is never written."""
     floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
-    bad = [k for k, ok in zip(floats, finite_flags(list(floats.values())).tolist()) if not ok]
+    bad = [k for k, ok in zip(floats, finite_flags(list(floats.values()))) if not ok]
     if bad:
         raise UserError(
             f"refusing to save the checkpoint of iteration {iter_num}: non-finite values in "
@@ -210,7 +210,10 @@ def lock_out_dir(out_dir: str) -> OutDirLock:
     key = os.path.realpath(out_dir)
     if fcntl is None:
         return OutDirLock(None)
-    lock_file = open(os.path.join(out_dir, LOCK_NAME), "a+")  # held past this call: no `with`
+    try:
+        lock_file = open(os.path.join(out_dir, LOCK_NAME), "a+")  # held past this call: no `with`
+    except OSError as err:  # a read-only folder: a run could not save there; a reader leaves it be
+        raise UserError(f"cannot lock {out_dir} ({err.strerror}): is it writable?") from None
     try:
         if key in _held:
             raise BlockingIOError

@@ -192,6 +192,22 @@ def test_a_second_lock_in_this_process_refuses_until_the_first_is_released(tmp_p
         pass
 
 
+def test_a_folder_that_cannot_be_locked_is_read_not_repaired(history, monkeypatch):
+    os.remove(checkpoint_path(history, "last"))
+
+    def read_only(path, *args, **kwargs):  # creating the lock file is refused, reading works
+        if path.endswith("run.lock"):
+            raise PermissionError(13, "Permission denied")
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", read_only, raising=False)  # lock_out_dir's open
+    path, _ = find_resume_checkpoint(history)
+    assert os.path.basename(path) == "ckpt-000003.pt"
+    assert not os.path.lexists(checkpoint_path(history, "last"))
+    with pytest.raises(UserError, match="cannot lock .*Permission denied"):
+        lock_out_dir(history)
+
+
 def test_a_second_run_refuses_with_the_holders_pid_and_touches_nothing(char_data, tmp_path):
     cfg = tiny_config(char_data, tmp_path, max_iters=2, eval_interval=2, init_from="auto")
     os.makedirs(cfg.out_dir)
