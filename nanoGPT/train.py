@@ -40,6 +40,7 @@ from nanoGPT.config import TrainConfig, apply_config, check_writable, validate_c
 from nanoGPT.data import Batch, TokenData, resolve_data_dir, vocabulary_name
 from nanoGPT.errors import UserError, cli
 from nanoGPT.evaluate import evaluate
+from nanoGPT.guard import UpdateGuard
 from nanoGPT.model import GPT
 from nanoGPT.progressive import stage_at
 from nanoGPT.runlog import RunLog, finite_or_none
@@ -94,7 +95,7 @@ class RunState:
 
     iter_num: int = 0
     best_val_loss: float = float("inf")
-    bad_steps: int = 0  # updates skipped for a non-finite loss or gradient, in all
+    bad_steps: int = 0  # updates skipped for a non-finite loss, gradient or update, in all
     bad_in_a_row: int = 0
     good_since_log: int = 0  # updates whose losses loss_sum holds
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # this rank's
@@ -146,6 +147,7 @@ class Training:
     raw_model: GPT
     model: torch.nn.Module  # raw_model, compiled and/or DDP-wrapped
     optimizer: torch.optim.Optimizer
+    guard: UpdateGuard  # undoes an update that makes a parameter non-finite
     scaler: torch.amp.GradScaler
     augmenter: Callable[[Batch], torch.Tensor] | None
     log: RunLog
@@ -318,6 +320,7 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
         raw_model=model,
         model=wrap_model(model, cfg, rt),
         optimizer=optimizer,
+        guard=UpdateGuard(optimizer),
         scaler=torch.amp.GradScaler(rt.device_type, enabled=rt.ptdtype == torch.float16),
         augmenter=augmenter,
         log=log,
@@ -496,8 +499,8 @@ def stop_for_bad_steps(training: Training, state: RunState) -> None:
     """Too many updates in a row were skipped: log why and stop with a UserError."""
     cfg = training.cfg
     message = (
-        f"{state.bad_in_a_row} updates in a row were skipped for a non-finite loss or "
-        f"gradient (more than max_bad_steps={cfg.max_bad_steps}); stopped at "
+        f"{state.bad_in_a_row} updates in a row were skipped for a non-finite loss, "
+        f"gradient or update (more than max_bad_steps={cfg.max_bad_steps}); stopped at "
         f"iteration {state.iter_num} with the last good state saved in "
         f"{numbered_checkpoint_path(cfg.out_dir, state.iter_num)}: lower learning_rate, "
         "lengthen warmup_iters or check the data, then rerun with init_from=auto"
@@ -511,7 +514,8 @@ def stop_for_bad_steps(training: Training, state: RunState) -> None:
 
 def train_step(training: Training, state: RunState) -> Step:
     """One update from accum_steps micro-batches, clipped; skipped if its loss or gradient is
-    not finite (the iteration still counts: its batches and learning rate are used up)."""
+    not finite, undone if it makes a weight non-finite (the iteration still counts: its
+    batches and learning rate are used up)."""
     cfg, rt, optimizer, scaler = training.cfg, training.rt, training.optimizer, training.scaler
     lr = learning_rate(cfg, state.iter_num)
     for group in optimizer.param_groups:
@@ -538,11 +542,12 @@ def train_step(training: Training, state: RunState) -> Step:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     step = Step(lr, step_loss, grad_norm, stats)
     if step_is_bad(training, state, step):
-        skip_update(training, state, step)
-    else:
-        scaler.step(optimizer)
-        scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        scaler.update()
+        skip_update(training, state, step, "loss or gradient")
+    elif not apply_update(training):
+        skip_update(training, state, step, "updated weights")
+    else:
         state.loss_sum += step_loss
         state.good_since_log += 1
         state.bad_in_a_row = 0
@@ -568,20 +573,33 @@ def step_is_bad(training: Training, state: RunState, step: Step) -> bool:
     return bad
 
 
-def skip_update(training: Training, state: RunState, step: Step) -> None:
-    """Drop this iteration's gradient, count and report the skipped update."""
-    training.optimizer.zero_grad(set_to_none=True)
+def apply_update(training: Training) -> bool:
+    """Step the optimizer; False, with the step undone, if it made any parameter non-finite.
+    DDP ranks hold the same weights and gradients, so they all decide alike."""
+    training.guard.snapshot()
+    training.scaler.step(training.optimizer)
     training.scaler.update()
+    training.optimizer.zero_grad(set_to_none=True)
+    if training.guard.params_finite():
+        return True
+    training.guard.restore()
+    return False
+
+
+def skip_update(training: Training, state: RunState, step: Step, what: str) -> None:
+    """Count and report an update skipped for non-finite `what` (its gradient is dropped)."""
     state.bad_steps += 1
     state.bad_in_a_row += 1
     training.log.print(
-        f"iter {state.iter_num + 1}: update skipped: loss {step.loss.item():.4g}, grad norm "
+        f"iter {state.iter_num + 1}: update skipped for non-finite {what}: loss "
+        f"{step.loss.item():.4g}, grad norm "
         f"{step.grad_norm.item():.4g} ({state.bad_in_a_row} in a row, {state.bad_steps} in all)"
     )
     training.log.write(
         {
             "iter": state.iter_num + 1,
             "kind": "bad_step",
+            "non_finite": what,
             "loss": finite_or_none(step.loss.item()),
             "grad_norm": finite_or_none(step.grad_norm.item()),
             "in_a_row": state.bad_in_a_row,
