@@ -5,8 +5,14 @@ A run's out_dir holds
     ckpt-000120.pt           a checkpoint (here of iteration 120); the newest
                              `keep_checkpoints` of them are kept
     ckpt-000120.pt.sha256    its SHA-256 in `sha256sum` format (`sha256sum -c` checks it)
+    run.lock                 locked (flock) by the one run using out_dir; holds its pid
     ckpt.pt -> ckpt-000120.pt    a symbolic link to the newest checkpoint
     best.pt -> ckpt-000100.pt    a symbolic link to the best evaluated one (never rotated away)
+
+The numbered checkpoints are the record; the two links are derived from them (each checkpoint
+records whether it was saved as the best, `saved_as_best`, and its `best_val_loss`), and
+`repair_pointers` derives them again at every start: a save killed between the checkpoint and
+its links, or a link damaged by hand, is put right rather than trusted.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads with
 `torch.load(weights_only=True)`: a crafted file cannot execute code. Every file is written to
@@ -17,17 +23,24 @@ either absent, or old and whole, or new and whole; a checkpoint is never without
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not kept apart
+    fcntl = None
 
 from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, replace_with, write_temp
 from nanoGPT.config import ModelConfig, config_from_dict
@@ -41,6 +54,7 @@ FORMAT = "nanoGPT-objectives/1"
 LAST, BEST = "ckpt.pt", "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 _NUMBERED = re.compile(r"ckpt-(\d+)\.pt")
+LOCK_NAME = "run.lock"
 
 
 def numbered_checkpoint_path(out_dir: str, iter_num: int) -> str:
@@ -113,6 +127,7 @@ def save_checkpoint(
 
     _check_finite_weights(state.get("model", {}), iter_num)
     path = numbered_checkpoint_path(out_dir, iter_num)
+    state = {**state, "saved_as_best": best}  # what repair_pointers derives best.pt from
     tmp = write_temp(out_dir, lambda f: torch.save(state, f), suffix=".pt")
     try:
         pause()
@@ -161,8 +176,91 @@ def _remove_old_checkpoints(out_dir: str, keep: int) -> None:
                 os.remove(orphan)
 
 
+# --- one run per out_dir ------------------------------------------------------------------
+
+_held: dict[str, IO[str]] = {}  # the out_dirs this process has locked (real paths): their lock files
+
+
+class OutDirLock:
+    """This process's lock on an out_dir; close() (or the process ending) releases it."""
+
+    def __init__(self, key: str | None):
+        self.key = key
+
+    def close(self) -> None:
+        lock_file = _held.pop(self.key, None) if self.key else None
+        if lock_file is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+            lock_file.close()
+
+    def __enter__(self) -> OutDirLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lock_out_dir(out_dir: str) -> OutDirLock:
+    """Lock out_dir for one run (an advisory flock on out_dir/run.lock, which records the pid).
+
+    Another run holding it, in this process or another, is a UserError naming its pid. The
+    lock is released by close() or when the process ends, however it ends.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    key = os.path.realpath(out_dir)
+    if fcntl is None:
+        return OutDirLock(None)
+    try:
+        lock_file = open(os.path.join(out_dir, LOCK_NAME), "a+")  # held past this call: no `with`
+    except OSError as err:  # a read-only folder: a run could not save there; a reader leaves it be
+        raise UserError(f"cannot lock {out_dir} ({err.strerror}): is it writable?") from None
+    try:
+        if key in _held:
+            raise BlockingIOError
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise UserError(
+            f"{out_dir} is in use by another run (pid {holder}): wait for it to end or use another out_dir"
+        ) from None
+    except OSError as err:  # a file system without locks (some network mounts)
+        lock_file.close()
+        warn(f"cannot lock {out_dir} ({err.strerror}): nothing keeps a second run out of it")
+        return OutDirLock(None)
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    _held[key] = lock_file
+    return OutDirLock(key)
+
+
+@contextlib.contextmanager
+def _ours(out_dir: str) -> Iterator[bool]:
+    """True while no other run is using out_dir: this process holds its lock, or takes it for
+    the block. False while another run holds it: that run's files are not ours to touch."""
+    if not os.path.isdir(out_dir) or os.path.realpath(out_dir) in _held:
+        yield True
+        return
+    try:
+        lock = lock_out_dir(out_dir)
+    except UserError:
+        yield False
+        return
+    with lock:
+        yield True
+
+
 def remove_temp_files(out_dir: str) -> list[str]:
-    """Delete the temporary files a killed save left in out_dir; returns their names."""
+    """Delete the temporary files a killed save left in out_dir; returns their names. Nothing
+    is deleted while another run holds out_dir (they may be its save in progress)."""
+    with _ours(out_dir) as ours:
+        return _remove_temp_files(out_dir) if ours else []
+
+
+def _remove_temp_files(out_dir: str) -> list[str]:
     if not os.path.isdir(out_dir):
         return []
     stale = [name for name in os.listdir(out_dir) if name.startswith(TEMP_PREFIX)]
@@ -208,10 +306,15 @@ def load_checkpoint(
         raise UserError(f"checkpoint {path} is not a file")
     if not verify_checksum(path) and require_checksum:
         raise UserError(f"{path} has no checksum file ({os.path.basename(path)}{CHECKSUM_SUFFIX}) beside it")
+    return _read(path, map_location)
+
+
+def _read(path: str, map_location: str | torch.device, mmap: bool = False) -> dict[str, Any]:
+    """torch.load as data only; `mmap` leaves the tensors on disk (reading a few entries)."""
     try:
         # weights_only: tensors, numbers, strings and containers; any other object in the
         # pickle (the way a crafted file would run code) is refused before it is built
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # a damaged or foreign file can fail in many ways; all mean "not ours"
         text = str(err).strip()
         first = text.splitlines()[0][:160] if text else type(err).__name__
@@ -238,7 +341,7 @@ def find_resume_checkpoint(
         candidates.append((last, False))
     for path, numbered in candidates:
         try:
-            return path, load_checkpoint(path, "cpu", require_checksum=numbered)
+            found = path, load_checkpoint(path, "cpu", require_checksum=numbered)
         except UserError as err:
             note = "skipped"
             if set_aside:
@@ -248,6 +351,10 @@ def find_resume_checkpoint(
                     note = f"skipped (could not rename it: {move_err.strerror})"
             if report is not None:
                 report(f"{err}; {note}")
+            continue
+        _repair_pointers(out_dir, path if numbered else None, report)
+        return found
+    _repair_pointers(out_dir, None, report)
     return None
 
 
@@ -258,6 +365,73 @@ def _set_aside(path: str) -> str:
     if os.path.exists(path + CHECKSUM_SUFFIX):
         os.replace(path + CHECKSUM_SUFFIX, f"{path}{CHECKSUM_SUFFIX}.invalid-{stamp}")
     return moved
+
+
+# --- ckpt.pt and best.pt, derived from the numbered checkpoints ---------------------------
+
+
+def repair_pointers(out_dir: str, report: Callable[[str], None] | None = None) -> None:
+    """Point ckpt.pt at the newest valid numbered checkpoint and best.pt at the valid one saved
+    as the best with the lowest best_val_loss, whatever state the links are in (missing,
+    dangling, a loop, stale after a killed save, a directory or garbage, which is set aside
+    as <name>.invalid-<time> and reported). A link with nothing valid to name is left as it is,
+    and so are both while another run holds out_dir: it keeps them itself."""
+    newest = next((path for _, path in reversed(list_checkpoints(out_dir)) if _is_valid(path)), None)
+    _repair_pointers(out_dir, newest, report)
+
+
+def _repair_pointers(out_dir: str, newest: str | None, report: Callable[[str], None] | None) -> None:
+    with _ours(out_dir) as ours:
+        if ours:
+            _repair_pointer(checkpoint_path(out_dir, "last"), newest, report)
+            _repair_pointer(checkpoint_path(out_dir, "best"), _best_checkpoint(out_dir), report)
+
+
+def _is_valid(path: str) -> bool:
+    """Does the numbered checkpoint match its checksum and load (tensors left on disk)?"""
+    try:
+        return verify_checksum(path) and bool(_read(path, "cpu", mmap=True))
+    except (UserError, OSError):
+        return False
+
+
+def _best_checkpoint(out_dir: str) -> str | None:
+    """The valid checkpoint saved as the best with the lowest best_val_loss (the newest of
+    equals). Checkpoints of before `saved_as_best` was recorded keep the best.pt they have."""
+    ranked, recorded = [], False
+    for it, path in list_checkpoints(out_dir):
+        try:
+            ckpt = _read(path, "cpu", mmap=True)
+        except UserError:
+            continue
+        recorded = recorded or "saved_as_best" in ckpt
+        if ckpt.get("saved_as_best"):
+            ranked.append((float(ckpt.get("best_val_loss", math.inf)), -it, path))
+    if not recorded:
+        link = checkpoint_path(out_dir, "best")
+        named = os.path.join(out_dir, os.readlink(link)) if os.path.islink(link) else ""
+        ranked = [(0.0, 0, named)] if _NUMBERED.fullmatch(os.path.basename(named)) else []
+    return next((path for _, _, path in sorted(ranked) if _is_valid(path)), None)
+
+
+def _repair_pointer(link: str, target: str | None, report: Callable[[str], None] | None) -> None:
+    if target is None:
+        return
+    if os.path.islink(link):
+        if os.readlink(link) == os.path.basename(target):
+            return
+    elif os.path.isfile(link) and _same_content(link, target):
+        return  # a copy: the file system has no symbolic links
+    elif os.path.lexists(link):  # a directory, or a file that is not the checkpoint it should be
+        moved = _set_aside(link)
+        if report is not None:
+            report(f"{link} was not a link to {os.path.basename(target)}; kept as {moved}")
+    _point_link(link, target)
+
+
+def _same_content(path: str, target: str) -> bool:
+    with open(target + CHECKSUM_SUFFIX, "rb") as f:
+        return sha256_of(path) == f.read(64).decode("ascii", errors="replace")
 
 
 def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> ModelConfig:
