@@ -1,9 +1,21 @@
 """The configurator: config files, --key=value overrides, type checks, clear errors."""
 
-import pytest
+import math
+import os
+import sys
+import typing
 
-from nanoGPT.config import TrainConfig, apply_config
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nanoGPT.config import TrainConfig, apply_config, validate_config
 from nanoGPT.errors import UserError
+from nanoGPT.train import train
+from tests.conftest import tiny_config
+from tests.helpers import run_checked
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_file_then_overrides(tmp_path):
@@ -53,3 +65,115 @@ def test_missing_file_and_malformed_argument():
         apply_config(TrainConfig(), ["no/such/config.py"])
     with pytest.raises(UserError, match="--key=value"):
         apply_config(TrainConfig(), ["--n_layer"])
+
+
+# --- validation: every key's type and range, before any work ----------------------------
+
+ODD_INTS = st.one_of(
+    st.integers(-3, 3), st.integers(-(2**70), 2**70), st.sampled_from([2**63 - 1, 2**63, 10**7])
+)
+ODD_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-0.0, 0.5, 1.0, 1.5]))
+ODD_STRINGS = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", "auto", "cpu", "cuda", "cuda:0", "cuda:-1", "mps", "a\0b", "val"]),
+)
+BY_TYPE = {int: ODD_INTS, float: ODD_FLOATS, str: ODD_STRINGS, bool: st.booleans()}
+TYPES = typing.get_type_hints(TrainConfig)
+ANY_VALUE = st.one_of(*BY_TYPE.values())
+
+
+def as_source(value) -> str:
+    """A config-file expression for `value` (repr gives nan and inf, which are not Python)."""
+    return f"float({str(value)!r})" if isinstance(value, float) and not math.isfinite(value) else repr(value)
+
+
+@st.composite
+def settings_of(draw):
+    """A few keys of TrainConfig with values of their type (now and then of another type)."""
+    keys = draw(st.lists(st.sampled_from(sorted(TYPES)), min_size=1, max_size=5, unique=True))
+    return {k: draw(ANY_VALUE if draw(st.integers(0, 9)) == 0 else BY_TYPE[TYPES[k]]) for k in keys}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=settings_of(), through_file=st.booleans())
+def test_any_value_of_any_key_is_accepted_or_one_user_error(tmp_path, values, through_file):
+    if through_file:
+        path = tmp_path / "cfg.py"
+        path.write_text("".join(f"{k} = {as_source(v)}\n" for k, v in values.items()))
+        argv = [str(path)]
+    else:
+        argv = [f"--{k}={v}" for k, v in values.items()]
+    try:
+        validate_config(apply_config(TrainConfig(), argv))
+    except UserError as err:
+        assert "\n" not in str(err).strip() or "\n" in "".join(map(str, values.values()))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size=0"], r"batch_size must be in \[1, "),
+        (["--n_head=0"], r"n_head must be in \[1, "),
+        (["--n_embd=-8"], r"n_embd must be in \[1, "),
+        (["--block_size=0"], r"block_size must be in \[1, "),
+        (["--block_size=1000001"], r"block_size must be in \[1, 1000000\]"),
+        (["--n_embd=30", "--n_head=4"], "n_embd=30 must be a multiple of n_head=4"),
+        (["--eval_interval=0"], "eval_interval must be in"),
+        (["--log_interval=-1"], "log_interval must be in"),
+        (["--eval_iters=0"], "eval_iters must be in"),
+        (["--learning_rate=nan"], "learning_rate must be a finite number"),
+        (["--learning_rate=-0.1"], "learning_rate must be in"),
+        (["--beta1=2"], r"beta1 must be in \[0, 1\)"),
+        (["--beta2=-1"], r"beta2 must be in \[0, 1\)"),
+        (["--dropout=1.5"], r"dropout must be in \[0, 1\)"),
+        (["--dropout=nan"], "dropout must be a finite number"),
+        (["--device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
+        (["--device=cuda:x"], "device must be auto, cpu, cuda or cuda:N"),
+        (["--out_dir="], "out_dir must not be empty"),
+        (["--seed=-1"], "seed must be in"),
+        (["--seed=9223372036854775808"], "seed must be in"),
+        (["--gradient_accumulation_steps=0"], "gradient_accumulation_steps must be in"),
+        (["--max_iters=-1"], "max_iters must be in"),
+        (["--n_layer=0"], r"n_layer must be in \[1, 10000\]"),
+        (["--n_layer=10001"], r"n_layer must be in \[1, 10000\]"),
+        (["--grad_clip=nan"], "grad_clip must be a finite number"),
+        (["--label_smoothing=1"], r"label_smoothing must be in \[0, 1\)"),
+        (["--rope_theta=0"], r"rope_theta must be in \(0, inf\)"),
+        (["--checkpoint_minutes=nan"], "checkpoint_minutes must be a finite number"),
+        (["--checkpoint_minutes=-1"], "checkpoint_minutes must be in"),
+        (["--dtype=float64"], "dtype must be one of auto, float32, bfloat16, float16"),
+        (["--backend=mpi"], "backend must be one of auto, nccl, gloo"),
+    ],
+)
+def test_each_bad_setting_is_refused_before_anything_is_written(char_data, tmp_path, args, message):
+    cfg = apply_config(tiny_config(char_data, tmp_path), args)
+    with pytest.raises(UserError, match=message):
+        train(cfg)
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(cfg.log_dir)
+
+
+@pytest.mark.parametrize("key", ["out_dir", "log_dir"])
+def test_a_folder_that_cannot_be_created_is_refused_at_the_start(char_data, tmp_path, key):
+    (tmp_path / "a_file").write_text("not a folder")
+    cfg = apply_config(tiny_config(char_data, tmp_path), [f"--{key}={tmp_path / 'a_file' / 'run'}"])
+    with pytest.raises(UserError, match=f"{key}=.*a_file is not a folder"):
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        ("", "learning_rate must be a finite number, got inf"),
+        ('dropout = float("nan")\n', "dropout must be a finite"),
+    ],
+)
+def test_a_bad_value_through_the_real_cli_is_one_line(char_data, tmp_path, config_text, message):
+    path = tmp_path / "cfg.py"
+    path.write_text(config_text)
+    extra = [] if config_text else ["--learning_rate=inf"]
+    proc = run_checked(
+        [sys.executable, "train_baseline.py", str(path), "--device=cpu", f"--data_dir={char_data}", *extra],
+        cwd=REPO,
+        expect_returncode=2,
+    )
+    assert proc.stderr.strip().count("\n") == 0 and f"error: {message}" in proc.stderr, proc.stderr
