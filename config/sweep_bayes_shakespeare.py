@@ -11,6 +11,14 @@ name = "sweep-bayes-shakespeare"
 out_dir = "out/sweep-bayes-shakespeare"
 teacher = ""  # no +aug rows: nothing to train a teacher for
 seeds = "1"
+# the students' budget when the sweep was made (the default comparison has since moved to 150)
+max_iters = 200
+lr_decay_iters = 200
+warmup_iters = 20
+eval_interval = 50
+eval_iters = 10
+log_interval = 100
+final_eval_iters = 40
 rows = ",".join(
     [
         "baseline_untied",
