@@ -228,10 +228,10 @@ def test_a_second_run_refuses_with_the_holders_pid_and_touches_nothing(char_data
         assert f"pid {holder.pid}" in str(refused.value) and "\n" not in str(refused.value)
         assert remove_temp_files(cfg.out_dir) == [] and os.path.exists(theirs)
     finally:
-        holder.stdin.close()
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock with the process
         holder.wait(timeout=60)
 
-    train(cfg)  # the holder's exit released the lock
+    train(cfg)  # the killed holder's lock is gone
 
     assert not os.path.exists(theirs)  # once the lock is held, leftovers are a dead run's
     with lock_out_dir(cfg.out_dir):  # and the run released its own when it ended
