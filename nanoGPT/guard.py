@@ -42,6 +42,7 @@ class UpdateGuard:
         self._live: list[torch.Tensor] = []  # the tensors copied: parameters, then state
         self._saved: list[torch.Tensor] = []
         self._had_state: set[int] = set()  # ids of the parameters that had optimizer state
+        self._layout: tuple[int, int] = (0, -1)  # the optimizer state the lists were built for
 
     def _tensors(self) -> list[torch.Tensor]:
         live = list(self.params)
@@ -52,13 +53,16 @@ class UpdateGuard:
     @torch.no_grad()
     def snapshot(self) -> None:
         """Remember the parameters and optimizer state as they are now."""
-        live = self._tensors()
-        if len(live) == len(self._live) and all(a is b for a, b in zip(live, self._live)):
-            torch._foreach_copy_(self._saved, live)
-        else:  # the first step (the optimizer state appears) or a reloaded state
-            self._saved = [t.detach().clone() for t in live]
-        self._live = live
+        # AdamW updates its state in place: only new entries (a first step, a parameter's
+        # first gradient) or a loaded state dict change which tensors there are
+        layout = (id(self.optimizer.state), len(self.optimizer.state))
+        if layout == self._layout:
+            torch._foreach_copy_(self._saved, self._live)
+            return
+        self._live = self._tensors()
+        self._saved = [t.detach().clone() for t in self._live]
         self._had_state = {id(p) for p in self.params if self.optimizer.state.get(p)}
+        self._layout = layout
 
     def params_finite(self) -> bool:
         """Are all parameters finite?"""
