@@ -148,11 +148,13 @@ def _move_in(folder: str, staging: str, owned: Callable[[str], bool]) -> None:
             new = set(f.read().split("\n")) - {"", _COMMITTED}
     except FileNotFoundError:  # another process finished this swap
         return
+    # FileNotFoundError: done already, by an earlier attempt or another process finishing it too
     for name in os.listdir(folder):
         if owned(name) and name not in new and os.path.isfile(os.path.join(folder, name)):
-            os.remove(os.path.join(folder, name))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
     for name in sorted(new):
-        with contextlib.suppress(FileNotFoundError):  # moved already, by an earlier attempt
+        with contextlib.suppress(FileNotFoundError):
             os.replace(os.path.join(staging, name), os.path.join(folder, name))
     fsync_dir(folder)
     shutil.rmtree(staging, ignore_errors=True)
