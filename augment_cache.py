@@ -14,13 +14,14 @@ from __future__ import annotations
 import sys
 
 from nanoGPT.augment.cache import build_cache
-from nanoGPT.config import TrainConfig, apply_config
+from nanoGPT.config import TrainConfig, apply_config, validate_config
 from nanoGPT.errors import cli
 
 
 @cli
 def main(argv: list[str] | None = None) -> str:
     cfg = apply_config(TrainConfig(), sys.argv[1:] if argv is None else argv)
+    validate_config(cfg)  # the settings training will use, checked before the teacher runs
     try:
         return build_cache(cfg)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ nanoGPT users expect: a Python config file first, then `--key=value` overrides.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -340,11 +341,25 @@ def validate_config(config: Any) -> None:
 
 
 def check_writable(folder: str, key: str) -> None:
-    """UserError unless `folder` is, or can be created as, a writable folder; creates nothing."""
-    path = os.path.abspath(folder)
+    """UserError unless `folder` is, or can be created as, a writable folder. Missing folders
+    are created to find out (permissions, a read-only or pseudo file system) and removed again:
+    an error later in the start leaves nothing behind."""
+    path, missing = os.path.abspath(folder), []
     while not os.path.exists(path):
+        missing.append(path)
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise UserError(f"{key}={folder}: {path} is not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={folder}: {path} is not writable")
+    if not missing and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={folder} is not writable")
+    created = []
+    try:
+        for new in reversed(missing):
+            os.mkdir(new)
+            created.append(new)
+    except OSError as err:
+        raise UserError(f"{key}={folder} cannot be created ({err.filename}: {err.strerror})") from None
+    finally:
+        for new in reversed(created):
+            with contextlib.suppress(OSError):  # another process may have filled it meanwhile
+                os.rmdir(new)

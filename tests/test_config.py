@@ -160,6 +160,16 @@ def test_a_folder_that_cannot_be_created_is_refused_at_the_start(char_data, tmp_
         train(cfg)
 
 
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where mkdir fails even for root"
+)
+def test_a_folder_that_mkdir_refuses_is_one_line_and_nothing_is_left(char_data, tmp_path):
+    cfg = apply_config(tiny_config(char_data, tmp_path), ["--log_dir=/proc/self/nanoGPT-logs"])
+    with pytest.raises(UserError, match="log_dir=/proc/self/nanoGPT-logs cannot be created"):
+        train(cfg)
+    assert os.listdir(tmp_path) == []  # out_dir, created to check it, was removed
+
+
 @pytest.mark.parametrize(
     "config_text, message",
     [
