@@ -41,12 +41,13 @@ from nanoGPT.data import Batch, TokenData, resolve_data_dir, vocabulary_name
 from nanoGPT.errors import UserError, cli
 from nanoGPT.evaluate import evaluate
 from nanoGPT.guard import UpdateGuard
-from nanoGPT.model import GPT
+from nanoGPT.model import GPT, check_architecture
 from nanoGPT.progressive import stage_at
 from nanoGPT.runlog import RunLog, finite_or_none
 from nanoGPT.runtime import Runtime, seeded, setup_runtime
 from nanoGPT.sampling import generate
 from nanoGPT.tokenizer import Tokenizer, load_tokenizer
+from nanoGPT.variants import check_variant
 
 
 def learning_rate(cfg: TrainConfig, it: int) -> float:
@@ -344,6 +345,8 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
 def train(cfg: TrainConfig) -> dict:
     """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
     validate_config(cfg)  # every key's type and range, before anything starts
+    check_architecture(cfg.model_args())  # the trunk's names and shapes...
+    check_variant(cfg)  # ...and the objective's name
     check_writable(cfg.out_dir, "out_dir")
     check_writable(cfg.log_dir, "log_dir")
     rt = setup_runtime(cfg)

@@ -143,6 +143,9 @@ def test_any_value_of_any_key_is_accepted_or_one_user_error(tmp_path, values, th
         (["--checkpoint_minutes=-1"], "checkpoint_minutes must be in"),
         (["--dtype=float64"], "dtype must be one of auto, float32, bfloat16, float16"),
         (["--backend=mpi"], "backend must be one of auto, nccl, gloo"),
+        (["--norm=batchnorm"], "norm must be one of layernorm, rmsnorm"),
+        (["--pos_emb=rope", "--n_head=32"], "pos_emb=rope needs an even head size"),
+        (["--variant=nope"], "unknown variant 'nope'"),
     ],
 )
 def test_each_bad_setting_is_refused_before_anything_is_written(char_data, tmp_path, args, message):

@@ -25,7 +25,11 @@ VARIANTS: dict[str, type[Variant]] = {
 }
 
 
-def build_variant(config: ModelConfig) -> Variant:
+def check_variant(config: ModelConfig) -> None:
     if config.variant not in VARIANTS:
         raise UserError(f"unknown variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def build_variant(config: ModelConfig) -> Variant:
+    check_variant(config)
     return VARIANTS[config.variant](config)
