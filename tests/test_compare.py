@@ -153,7 +153,7 @@ def test_compare_resumes_reports_then_reuses(small_data, tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained or evaluated again")
 
     monkeypatch.setattr(nanoGPT.compare.runs, "train", must_not_run)
-    monkeypatch.setattr(nanoGPT.compare.final_eval, "evaluate", must_not_run)
+    monkeypatch.setattr(nanoGPT.compare.final_eval, "measure", must_not_run)
     again = compare.compare(cfg)
     assert set(again["statuses"].values()) == {"reused"} and checkpoint_times(cfg) == before
     assert again["summary"] == first["summary"]
