@@ -75,6 +75,7 @@ def test_reachability_follows_hf_endpoint(online, monkeypatch, listening_endpoin
 def test_a_host_that_never_answers_fails_within_the_timeout(online, monkeypatch):
     def hang(*args, **kwargs):
         time.sleep(30)  # a DNS server or firewall that drops the packets
+        raise OSError("timed out")  # as the real call would (the thread outlives the test)
 
     monkeypatch.setattr(hub.socket, "create_connection", hang)
     monkeypatch.setattr(hub, "HUB_TIMEOUT_S", 0.2)
