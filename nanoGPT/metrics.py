@@ -74,14 +74,6 @@ class SampleMixture:
         }
 
 
-def bayes_token_stats(sample_log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(S, N, V) log-probs of S weight samples -> per-token (N,) SampleMixture statistics."""
-    mixture = SampleMixture()
-    for one_sample in sample_log_probs:
-        mixture.add(one_sample)
-    return mixture.token_stats()
-
-
 def sigmoid_token_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """(N, V) sigmoid logits, (N,) true ids -> per-token (N,) statistics of the sigmoid head.
 
@@ -200,7 +192,7 @@ class MetricAccumulator:
     ) -> None:
         """Add one batch: (N, V) normalised log-probs (or (..., V)), (N,) target ids,
         (N,) bytes each target token decodes to (None: no bits per byte), and per-token (N,)
-        variant statistics by name (`bayes_token_stats`, `sigmoid_token_stats`)."""
+        variant statistics by name (`SampleMixture.token_stats`, `sigmoid_token_stats`)."""
         if self._reduced:
             raise RuntimeError("MetricAccumulator.update after all_reduce: the sums are final")
         vocab_size = log_probs.size(-1)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nanoGPT.metrics import (
     MetricAccumulator,
-    bayes_token_stats,
+    SampleMixture,
     brier,
     entropy,
     expected_calibration_error,
@@ -202,6 +202,14 @@ def test_all_reduce_over_two_ranks_equals_one_process(tmp_path):
 def test_entropy_handles_zero_probabilities():
     log_probs = torch.tensor([[0.0, -math.inf], [math.log(0.5), math.log(0.5)]])
     torch.testing.assert_close(entropy(log_probs), torch.tensor([0.0, math.log(2)]))
+
+
+def bayes_token_stats(sample_log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(S, N, V) log-probs of S weight samples, fed to a SampleMixture one at a time."""
+    mixture = SampleMixture()
+    for one_sample in sample_log_probs:
+        mixture.add(one_sample)
+    return mixture.token_stats()
 
 
 def test_bayes_mutual_information():
