@@ -384,7 +384,7 @@ def _repair_pointers(out_dir: str, newest: str | None, report: Callable[[str], N
     with _ours(out_dir) as ours:
         if ours:
             _repair_pointer(checkpoint_path(out_dir, "last"), newest, report)
-            _repair_pointer(checkpoint_path(out_dir, "best"), _best_checkpoint(out_dir), report)
+            _repair_pointer(checkpoint_path(out_dir, "best"), _best_checkpoint(out_dir, newest), report)
 
 
 def _is_valid(path: str) -> bool:
@@ -395,9 +395,10 @@ def _is_valid(path: str) -> bool:
         return False
 
 
-def _best_checkpoint(out_dir: str) -> str | None:
+def _best_checkpoint(out_dir: str, verified: str | None) -> str | None:
     """The valid checkpoint saved as the best with the lowest best_val_loss (the newest of
-    equals). Checkpoints of before `saved_as_best` was recorded keep the best.pt they have."""
+    equals). Checkpoints of before `saved_as_best` was recorded keep the best.pt they have.
+    `verified`: a checkpoint the caller has just checked (not hashed a second time)."""
     ranked, recorded = [], False
     for it, path in list_checkpoints(out_dir):
         try:
@@ -411,7 +412,7 @@ def _best_checkpoint(out_dir: str) -> str | None:
         link = checkpoint_path(out_dir, "best")
         named = os.path.join(out_dir, os.readlink(link)) if os.path.islink(link) else ""
         ranked = [(0.0, 0, named)] if _NUMBERED.fullmatch(os.path.basename(named)) else []
-    return next((path for _, _, path in sorted(ranked) if _is_valid(path)), None)
+    return next((path for _, _, path in sorted(ranked) if path == verified or _is_valid(path)), None)
 
 
 def _repair_pointer(link: str, target: str | None, report: Callable[[str], None] | None) -> None:
