@@ -4,8 +4,9 @@ Single process:  python train.py config/train_sigmoid_shakespeare_char.py
                  python train_baseline.py config/train_baseline_shakespeare_char.py
 DDP:             torchrun --standalone --nproc_per_node=8 train_baseline.py CONFIG
 
-`train` reads top to bottom: `check_config`, `setup` (data, model, optimizer, resumed state),
-then `run_loop`, whose iteration is `evaluate_and_log`, `save`, `train_step`, `log_progress`.
+`train` reads top to bottom: `setup` (data, model, optimizer, resumed state),
+then `run_loop`, whose iteration is `evaluate_and_log`, `save`, `sample_and_log`, `train_step`,
+`log_progress`.
 """
 
 from __future__ import annotations
@@ -172,13 +173,21 @@ class Step:
 # --- setup --------------------------------------------------------------------------------
 
 
-def check_config(cfg: TrainConfig, rt: Runtime) -> None:
-    """UserError for a setting this many processes cannot run with (validate_config has
-    checked each key alone), before anything is loaded or written."""
-    if cfg.gradient_accumulation_steps % rt.world_size:
-        raise UserError(
-            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
-            f"multiple of the number of processes ({rt.world_size})"
+def micro_steps_per_process(gradient_accumulation_steps: int, world_size: int) -> int:
+    """The micro-steps each process makes per iteration: gradient_accumulation_steps (the total
+    over all processes) split evenly, rounded up. Rounding up lets any config run under any
+    torchrun (a CPU config's 1 under 2 processes: 1 each); the effective batch then grows."""
+    return -(-gradient_accumulation_steps // world_size)
+
+
+def note_batch_growth(cfg: TrainConfig, rt: Runtime, log: RunLog) -> None:
+    """One line on the master when the processes cannot split gradient_accumulation_steps evenly."""
+    per_process = micro_steps_per_process(cfg.gradient_accumulation_steps, rt.world_size)
+    if per_process * rt.world_size != cfg.gradient_accumulation_steps:
+        log.print(
+            f"note: gradient_accumulation_steps={cfg.gradient_accumulation_steps} over {rt.world_size} "
+            f"processes: {per_process} micro-step(s) each, so the effective batch grows to "
+            f"{per_process * rt.world_size} micro-batches per iteration"
         )
 
 
@@ -325,7 +334,7 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
         scaler=torch.amp.GradScaler(rt.device_type, enabled=rt.ptdtype == torch.float16),
         augmenter=augmenter,
         log=log,
-        accum_steps=cfg.gradient_accumulation_steps // rt.world_size,
+        accum_steps=micro_steps_per_process(cfg.gradient_accumulation_steps, rt.world_size),
     )
     if cfg.init_from in ("resume", "auto") and not cfg.eval_only:  # the log continues where the weights do
         log.keep_through(state.resumed_at)
@@ -336,6 +345,7 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
         f"{rt.world_size} process(es), data {data.data_dir}"
         + (f" (first {data.train_tokens} train tokens)" if cfg.train_fraction < 1 else "")
     )
+    note_batch_growth(cfg, rt, log)
     return training, state
 
 
@@ -352,7 +362,6 @@ def train(cfg: TrainConfig) -> dict:
     rt = setup_runtime(cfg)
     log = RunLog(cfg, rt.master)
     try:
-        check_config(cfg, rt)
         training, state = setup(cfg, rt, log)
         return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
     except (UserError, KeyboardInterrupt) as err:  # the console gets it from cli(); the log keeps it
@@ -396,6 +405,8 @@ def run_loop(training: Training, state: RunState) -> dict:
         if fresh and (state.iter_num > 0 or at_end) and due:
             save(training, state, best=improved)
             state.last_save_time, state.save_due_by_time = time.time(), False
+        if fresh and not stopping and cfg.sample_interval and state.iter_num % cfg.sample_interval == 0:
+            sample_and_log(training, state)
         state.t_last += time.time() - paused_at  # ms/iter times training steps, not these
         if stopping:
             stop_for_bad_steps(training, state)
@@ -449,13 +460,10 @@ def report_eval(training: Training, state: RunState) -> float:
 
 
 def evaluate_and_log(training: Training, state: RunState) -> bool:
-    """A scheduled evaluation: report it, track the best, maybe sample. Did it improve?"""
-    cfg, rt = training.cfg, training.rt
+    """A scheduled evaluation: report it and track the best. Did it improve?"""
     val_loss = report_eval(training, state)
     improved = val_loss < state.best_val_loss
     state.best_val_loss = min(state.best_val_loss, val_loss)
-    if cfg.sample_interval and state.iter_num % cfg.sample_interval == 0 and rt.master:
-        training.log.sample(state.iter_num, sample_text(training.raw_model, training.tokenizer, cfg, rt))
     return improved
 
 
@@ -648,6 +656,17 @@ def log_progress(training: Training, state: RunState, step: Step) -> None:
 
 
 # --- sampling and the entry point ---------------------------------------------------------
+
+
+def sample_and_log(training: Training, state: RunState) -> None:
+    """Every sample_interval iterations, on the master only: a sample printed and appended to
+    samples.txt. It runs under `seeded`, so training's RNG stream (dropout, ...) is untouched
+    and a run with samples trains the same weights as one without."""
+    if not training.rt.master:
+        return
+    text = sample_text(training.raw_model, training.tokenizer, training.cfg, training.rt)
+    training.log.print(f"sample at iter {state.iter_num}:\n{text}")
+    training.log.sample(state.iter_num, text)
 
 
 def sample_text(model: GPT, tokenizer, cfg: TrainConfig, rt: Runtime) -> str:
