@@ -123,7 +123,7 @@ class TrainConfig(ModelConfig):
     augment_positions: str = "one"  # one (random position per sequence) | all | a fraction
     augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)
     augment_cache: str = ""  # cache name: <data_dir>/train.aug_<name>.bin; "" = <teacher>-<filter>
-    gradient_accumulation_steps: int = 1  # total over all processes
+    gradient_accumulation_steps: int = 1  # total over all processes; each does ceil(total / processes)
     # optimizer (AdamW) and schedule (warmup + cosine)
     learning_rate: float = 6e-4
     max_iters: int = 5000
