@@ -43,6 +43,9 @@ class ModelConfig:
     conv_factor: int = 4  # conv: each level shortens the sequence by this factor...
     conv_levels: int = 1  # ...and doubles the width; needs n_layer >= 2 * conv_levels + 1
     # progressive diverging (nanoGPT/progressive.py): stage 1 shares one block per group of
+    # the target of position t is token t + predict_ahead (1 = the next token); 0 = auto:
+    # conv_factor ** conv_levels (arch=conv), the source's look-ahead of whole operands
+    predict_ahead: int = 1
     # progressive_group layers, stage 2 per half group (attention through LoRA), stage 3 none
     progressive_group: int = 0  # 0 = off; else even and a divisor of n_layer
     progressive_stage2: float = 0.3  # stage 2 starts at this fraction of progressive_iters
@@ -51,6 +54,9 @@ class ModelConfig:
     lora_rank: int = 4  # progressive stage 2: rank of the attention adapters
     lora_alpha: float = 8.0  # progressive stage 2: adapters are scaled by lora_alpha / lora_rank
     # output objective, see nanoGPT/variants/
+    # progressive stage 3: attention keeps learning through LoRA (the source) instead of
+    # training fully; False (the default) is how checkpoints without this key trained
+    progressive_stage3_lora: bool = False
     variant: str = "baseline"
     label_smoothing: float = 0.05  # smooth
     pos_weight: float = 1.0  # sigmoid variants: weight of the positive terms of the BCE
@@ -75,6 +81,10 @@ class ModelConfig:
     bayes_samples: int = 8  # bayes variants: weight samples averaged by evaluation and sampling
 
     def model_args(self) -> ModelConfig:
+    def target_offset(self) -> int:
+        """How far ahead of its position each position predicts (predict_ahead, 0 resolved)."""
+        return self.predict_ahead or self.conv_factor**self.conv_levels
+
         """The ModelConfig part of this (Train)Config."""
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
@@ -242,6 +252,7 @@ RANGES = {
     "lora_alpha": "[0, inf)",
     "label_smoothing": "[0, 1)",
     "pos_weight": "(0, inf)",
+    "predict_ahead": "[0, 1000000]",
     "distill_alpha": "[0, 1]",
     "distill_temperature": "(0, inf)",
     "prior_sigma": "(0, inf)",

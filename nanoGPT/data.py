@@ -67,7 +67,7 @@ def spread_window_starts(num_tokens: int, block_size: int, num_windows: int) -> 
 @dataclass
 class Batch:
     x: torch.Tensor  # (B, T) input ids
-    y: torch.Tensor  # (B, T) next-token ids: y[:, t] = token after x[:, t]
+    y: torch.Tensor  # (B, T) targets: y[:, t] = the token target_offset after x[:, t] (1: the next)
     starts: np.ndarray  # (B,) offset of x[:, 0] in the split, to look up cached extras
 
 
@@ -108,6 +108,8 @@ class TokenData:
             self._check_byte_count(split)
             if self.num_tokens(split) <= block_size:
                 raise UserError(
+    target_offset = 1  # targets are the next tokens unless set_target_offset says otherwise
+
                     f"{self.path(split)} has {self.num_tokens(split)} tokens, "
                     f"not more than block_size={block_size}"
                 )
@@ -174,9 +176,9 @@ class TokenData:
         return self.train_tokens if split == "train" else self.num_tokens(split)
 
     def _windows(self, data: np.ndarray, starts: np.ndarray) -> Batch:
-        T = self.block_size
-        rows = np.stack([data[s : s + T + 1] for s in starts]).astype(np.int64)
-        x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+        T, ahead = self.block_size, self.target_offset
+        rows = np.stack([data[s : s + T + ahead] for s in starts]).astype(np.int64)
+        x, y = torch.from_numpy(rows[:, :T]), torch.from_numpy(rows[:, ahead:])
         if self.device.startswith("cuda"):
             x, y = (
                 x.pin_memory().to(self.device, non_blocking=True),
@@ -189,9 +191,9 @@ class TokenData:
     def train_batch(self, step: int, micro_step: int = 0, split: str = "train") -> Batch:
         data = self.tokens(split)
         rng = np.random.default_rng([self.seed, self.rank, SPLIT_CODES[split], step, micro_step])
-        # a window is block_size + 1 tokens (inputs and the next-token targets): the last one
-        # starts at window_tokens - block_size - 1, and integers() excludes its upper bound
-        last_start = self.window_tokens(split) - self.block_size - 1
+        # a window is block_size + target_offset tokens (inputs and their targets): the last
+        # one starts at window_tokens - block_size - target_offset; integers() excludes its end
+        last_start = self.window_tokens(split) - self.block_size - self.target_offset
         starts = rng.integers(0, last_start + 1, size=self.batch_size)
         return self._windows(data, starts)
 
@@ -199,9 +201,22 @@ class TokenData:
         """Start offsets of this rank's share of `num_batches` batches of non-overlapping
         windows spread evenly over the split: the same tokens at every evaluation."""
         total = num_batches * self.batch_size * world_size
-        starts = spread_window_starts(self.window_tokens(split), self.block_size, total)
+        # windows of block_size + target_offset tokens: as many fewer possible starts
+        span = self.window_tokens(split) - (self.target_offset - 1)
+        starts = spread_window_starts(span, self.block_size, total)
         mine = starts[self.rank :: world_size]
         return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
     def batch_at(self, split: str, starts: np.ndarray) -> Batch:
         return self._windows(self.tokens(split), starts)
+
+    def set_target_offset(self, ahead: int) -> None:
+        """Targets `ahead` tokens after each input position (predict_ahead; 1 = the next token):
+        every window is then block_size + ahead tokens, and must fit in every split."""
+        for split in self.splits():
+            if self.window_tokens(split) < self.block_size + ahead:
+                raise UserError(
+                    f"{self.path(split)} has {self.window_tokens(split)} tokens to draw windows "
+                    f"from, fewer than block_size + predict_ahead = {self.block_size + ahead}"
+                )
+        self.target_offset = ahead

@@ -57,6 +57,11 @@ def check_architecture(config: ModelConfig) -> None:
                 f"{2 * config.conv_levels + 1} (a block before and after each level, "
                 f"at least one at the bottom), got {config.n_layer}"
             )
+    if config.predict_ahead == 0 and config.arch != "conv":
+        raise UserError(
+            "predict_ahead=0 (auto: conv_factor ** conv_levels tokens ahead) needs arch=conv; "
+            "give the number of tokens ahead"
+        )
     progressive.check_config(config)
 
 
@@ -162,14 +167,14 @@ class GPT(nn.Module):
         Stages only advance: asking for an earlier one than the current changes nothing."""
         if not self.config.progressive_group or stage <= self.stage:
             return
-        progressive.advance(self.transformer.h, self.config.progressive_group, self.stage, stage)
+        progressive.advance(self.transformer.h, self.config, self.stage, stage)
         self.stage = stage
         self.progressive_stage.fill_(stage)
 
     @staticmethod
     def _stage_from_buffer(module: GPT, incompatible_keys) -> None:
         module.stage = int(module.progressive_stage)
-        progressive.set_lora_flags(module.transformer.h, module.config.progressive_group, module.stage)
+        progressive.set_lora_flags(module.transformer.h, module.config, module.stage)
 
     def forward(self, idx, targets=None, extra_positives=None):
         hidden = self.hidden_states(idx)

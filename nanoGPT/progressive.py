@@ -6,7 +6,9 @@
              copy's attention is frozen and learns through LoRA adapters (rank lora_rank,
              scale lora_alpha / lora_rank); its MLP and norms train fully.
     stage 3  the adapters are merged, every layer gets a copy of its half group's block, and
-             every block trains fully: an ordinary GPT.
+             every block trains fully: an ordinary GPT. With progressive_stage3_lora (the
+             source's stage 3) the attention of every layer stays frozen and learns through
+             its own adapters (B at zero again after the merge); MLPs and norms train fully.
 
 Every layer's block (and adapter) exists from the start and is in the optimizer from the
 start; a block a stage does not use gets no gradient, and AdamW leaves parameters without a
@@ -75,21 +77,32 @@ def layer_blocks(blocks: Sequence[nn.Module], group: int, stage: int) -> list[nn
     return [blocks[block_index(stage, i, group)] for i in range(len(blocks))]
 
 
+def lora_active(config: ModelConfig, stage: int, layer: int) -> bool:
+    """Does `layer`'s attention learn through its adapters (its base weights frozen) in `stage`?"""
+    if stage == 3:
+        return config.progressive_stage3_lora
+    return stage == 2 and block_index(2, layer, config.progressive_group) == layer
+
+
 def _copy_block(dst: nn.Module, src: nn.Module) -> None:
-    # the adapters are not copied: each half group's start from its own random A (B = 0)
+    # the adapters are not copied: each copy starts from its own random A and B = 0, so the
+    # copy computes what its source did
     for (name, p_dst), p_src in zip(dst.named_parameters(), src.parameters()):
-        if "lora" not in name:
+        if "lora_b" in name:
+            p_dst.zero_()
+        elif "lora" not in name:
             p_dst.copy_(p_src)
 
 
-def set_lora_flags(blocks: Sequence[nn.Module], group: int, stage: int) -> None:
+def set_lora_flags(blocks: Sequence[nn.Module], config: ModelConfig, stage: int) -> None:
     for i, block in enumerate(blocks):
-        block.attn.lora_active = stage == 2 and block_index(2, i, group) == i
+        block.attn.lora_active = lora_active(config, stage, i)
 
 
 @torch.no_grad()
-def advance(blocks: Sequence[nn.Module], group: int, current: int, target: int) -> None:
+def advance(blocks: Sequence[nn.Module], config: ModelConfig, current: int, target: int) -> None:
     """Make the switches from stage `current` up to stage `target`, in place."""
+    group = config.progressive_group
     for stage in range(current + 1, target + 1):
         if stage == 3:
             for i in sorted({block_index(2, j, group) for j in range(len(blocks))}):
@@ -98,4 +111,26 @@ def advance(blocks: Sequence[nn.Module], group: int, current: int, target: int) 
             src = block_index(stage - 1, i, group)
             if block_index(stage, i, group) == i and src != i:
                 _copy_block(blocks[i], blocks[src])
-    set_lora_flags(blocks, group, max(current, target))
+    set_lora_flags(blocks, config, max(current, target))
+
+
+def trainable_parameters(model: nn.Module, blocks: Sequence[nn.Module], stage: int) -> int:
+    """How many of `model`'s parameters `stage` trains: those outside the blocks, and in the
+    blocks the layers run through, all but the frozen base attention of an adapted block."""
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in in_blocks)
+    used = {id(block): block for block in layer_blocks(blocks, model.config.progressive_group, stage)}
+    for block in used.values():
+        adapted = block.attn.lora_active
+        for name, p in block.named_parameters():
+            is_lora = "lora" in name
+            frozen = adapted and name.startswith("attn.") and not is_lora
+            if p.requires_grad and not frozen and (adapted or not is_lora):
+                total += p.numel()
+    return total
+
+
+def adapter_parameters(blocks: Sequence[nn.Module]) -> list[nn.Parameter]:
+    """Every LoRA adapter tensor: their optimizer moments are dropped at a switch, since a
+    merged adapter restarts from B = 0 and its old moments would redo the merged update."""
+    return [p for block in blocks for name, p in block.named_parameters() if "lora" in name]

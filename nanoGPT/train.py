@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nanoGPT import progressive
 from nanoGPT.augment import build_augmenter
 from nanoGPT.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from nanoGPT.checkpoint import (
@@ -43,7 +44,6 @@ from nanoGPT.errors import UserError, cli
 from nanoGPT.evaluate import evaluate
 from nanoGPT.guard import UpdateGuard
 from nanoGPT.model import GPT, check_architecture
-from nanoGPT.progressive import stage_at
 from nanoGPT.runlog import RunLog, finite_or_none
 from nanoGPT.runtime import Runtime, seeded, setup_runtime
 from nanoGPT.sampling import generate
@@ -313,6 +313,7 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
         raise UserError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
     model.to(rt.device)
     optimizer = build_optimizer(model, cfg, rt.device_type)
+    data.set_target_offset(model.config.target_offset())  # the model's: a checkpoint's when resuming
     state = RunState(loss_sum=torch.zeros((), device=rt.device))
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -354,11 +355,24 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
 
 def train(cfg: TrainConfig) -> dict:
     """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
+def check_target_offset(cfg: TrainConfig) -> None:
+    """UserError for a setting that needs next-token targets, asked of a look-ahead model: the
+    augmenter's teacher predicts the next token, and a sample appends each prediction."""
+    ahead = cfg.target_offset()
+    for key, wanted in (("augment", cfg.augment), ("sample_interval", cfg.sample_interval)):
+        if wanted and ahead != 1:
+            raise UserError(
+                f"{key} needs a next-token model, but predict_ahead={cfg.predict_ahead} "
+                f"trains on the token {ahead} positions ahead"
+            )
+
+
     validate_config(cfg)  # every key's type and range, before anything starts
     check_architecture(cfg.model_args())  # the trunk's names and shapes...
     check_variant(cfg)  # ...and the objective's name
     check_writable(cfg.out_dir, "out_dir")
     check_writable(cfg.log_dir, "log_dir")
+    check_target_offset(cfg)
     rt = setup_runtime(cfg)
     log = RunLog(cfg, rt.master)
     try:
@@ -377,7 +391,18 @@ def enter_stage(training: Training, state: RunState) -> None:
     """Progressive diverging (nanoGPT/progressive.py): enter this iteration's stage before
     evaluating or stepping, so a resumed run switches where an uninterrupted one did."""
     model = training.raw_model
-    model.set_progressive_stage(stage_at(model.config, state.iter_num, training.cfg.max_iters))
+    before = model.stage
+    model.set_progressive_stage(progressive.stage_at(model.config, state.iter_num, training.cfg.max_iters))
+    if model.stage != before:
+        for p in progressive.adapter_parameters(model.transformer.h):
+            training.optimizer.state.pop(p, None)
+        trainable = progressive.trainable_parameters(model, model.transformer.h, model.stage)
+        training.log.print(
+            f"iter {state.iter_num}: progressive stage {model.stage} (from {before}), "
+            f"{trainable:,} trainable parameters"
+        )
+        record = {"stage": model.stage, "from_stage": before, "trainable_params": trainable}
+        training.log.write({"iter": state.iter_num, "kind": "stage", **record})
 
 
 def evaluate_once(training: Training, state: RunState) -> dict:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import nanoGPT.conv_model as conv_model
+from nanoGPT import progressive
 from nanoGPT.checkpoint import load_checkpoint, load_model
 from nanoGPT.config import ModelConfig, TrainConfig, apply_config
 from nanoGPT.errors import UserError
@@ -37,9 +38,12 @@ ARCHITECTURES = {
     "conv_f2_levels3": dict(arch="conv", conv_factor=2, conv_levels=3, n_layer=7),
     "conv_f3_levels2_llama": dict(arch="conv", conv_factor=3, conv_levels=2, n_layer=5, **LLAMA),
     "conv_f5": dict(arch="conv", conv_factor=5, n_layer=3, pos_emb="rope"),
+    # the source's compressor: targets 4 ** 3 = 64 tokens ahead (predict_ahead=0: auto)
+    "conv_f4_levels3_ahead64": dict(arch="conv", conv_factor=4, conv_levels=3, n_layer=7, predict_ahead=0),
     "progressive_stage1": PROGRESSIVE,
     "progressive_stage2": PROGRESSIVE,
     "progressive_stage3": PROGRESSIVE,
+    "progressive_stage3_lora": dict(PROGRESSIVE, progressive_stage3_lora=True),
 }
 
 
@@ -57,8 +61,8 @@ def build(name: str, seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(BASE, **ARCHITECTURES[name], **overrides))
     if name.startswith("progressive_stage"):
-        model.set_progressive_stage(int(name[-1]))
-        if model.stage == 2:
+        model.set_progressive_stage(int(name.removesuffix("_lora")[-1]))
+        if any(b.attn.lora_active for b in model.transformer.h):
             randomize_adapters(model)
     return model.eval()
 
@@ -94,6 +98,29 @@ def test_causality_at_every_position(name):
     assert positions_that_see_the_future(model, idx) == []
     # shorter sequences too: the ragged last group moves
     assert positions_that_see_the_future(model, idx[:, :10]) == []
+
+
+@torch.no_grad()
+def test_a_lookahead_target_at_t_depends_on_the_tokens_up_to_t_and_on_its_target():
+    """predict_ahead: position t is scored on token t + 64 and sees tokens 0..t only, so its
+    loss changes with that target and with nothing else after t."""
+    model = build("conv_f4_levels3_ahead64")
+    ahead, T = model.config.target_offset(), BASE.block_size
+    assert ahead == 64
+    window = torch.randint(BASE.vocab_size, (2, T + ahead))
+
+    def loss_at(w: torch.Tensor, t: int) -> torch.Tensor:
+        hidden = model(w[:, :T])  # the batch's x and y, as TokenData cuts them
+        return model.variant.loss(hidden[:, t : t + 1], w[:, ahead:][:, t : t + 1])[0]
+
+    for t in range(T):
+        reference = loss_at(window, t)
+        changed = window.clone()
+        changed[:, t + 1 :] = torch.randint(BASE.vocab_size, changed[:, t + 1 :].shape)
+        changed[:, t + ahead] = window[:, t + ahead]  # all after t but the target
+        assert torch.allclose(loss_at(changed, t), reference, atol=1e-6), t
+        changed[:, t + ahead] = (window[:, t + ahead] + 1) % BASE.vocab_size
+        assert not torch.allclose(loss_at(changed, t), reference), t
 
 
 def test_the_causality_check_catches_an_unshifted_convolution(monkeypatch):
@@ -274,6 +301,22 @@ def test_progressive_switches_keep_the_function():
     assert all((a.c_attn_lora_b == 0).all() and (a.c_proj_lora_b == 0).all() for a in merged)
 
 
+def test_progressive_stage3_with_lora_keeps_the_function_at_the_switch():
+    model = build("progressive_stage1", progressive_stage3_lora=True)
+    idx = torch.randint(BASE.vocab_size, (2, BASE.block_size))
+    with torch.no_grad():
+        model.set_progressive_stage(2)
+        randomize_adapters(model)  # stage 2 trained its adapters
+        before = model.variant.logits(model(idx))
+        model.set_progressive_stage(3)
+        after = model.variant.logits(model(idx))
+    assert torch.allclose(after, before, atol=1e-5)
+    h = model.transformer.h
+    assert [id(b) for b in model.layer_blocks()] == [id(b) for b in h]
+    assert all(b.attn.lora_active for b in h)  # every layer adapts its own attention
+    assert all((b.attn.c_attn_lora_b == 0).all() and (b.attn.c_proj_lora_b == 0).all() for b in h)
+
+
 def changed_by_one_step(model: GPT, optimizer) -> set[str]:
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     idx = torch.randint(BASE.vocab_size, (4, BASE.block_size))
@@ -284,8 +327,9 @@ def changed_by_one_step(model: GPT, optimizer) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
 
 
-def test_each_progressive_stage_trains_exactly_its_parameters():
-    model = build("progressive_stage1")
+@pytest.mark.parametrize("stage3_lora", [False, True])
+def test_each_progressive_stage_trains_exactly_its_parameters(stage3_lora):
+    model = build("progressive_stage1", progressive_stage3_lora=stage3_lora)
     cfg = dataclasses.replace(TrainConfig(), learning_rate=1e-2, weight_decay=0.1)
     optimizer = build_optimizer(model, cfg, "cpu")  # built once: everything is in it from the start
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -304,16 +348,27 @@ def test_each_progressive_stage_trains_exactly_its_parameters():
         "transformer.ln_f.weight",
         "transformer.ln_f.bias",
     }
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+
+    def step_changes(expected: set[str]) -> None:
+        assert changed_by_one_step(model, optimizer) == expected
+        # what the stage-switch log line counts as trainable
+        counted = progressive.trainable_parameters(model, model.transformer.h, model.stage)
+        assert counted == sum(sizes[n] for n in expected)
+
     # stage 1: one block for all four layers
-    assert changed_by_one_step(model, optimizer) == shared | block(0)
+    step_changes(shared | block(0))
     # stage 2: the half groups' blocks 0 and 2; attention only through the adapters
     model.set_progressive_stage(2)
     frozen_attention = {n for n in block(0) | block(2) if ".attn." in n}
-    expected = shared | ((block(0) | block(2)) - frozen_attention) | lora(0) | lora(2)
-    assert changed_by_one_step(model, optimizer) == expected
-    # stage 3: every layer's block, the adapters no more
+    step_changes(shared | ((block(0) | block(2)) - frozen_attention) | lora(0) | lora(2))
     model.set_progressive_stage(3)
-    assert changed_by_one_step(model, optimizer) == shared | block(0) | block(1) | block(2) | block(3)
+    every_block = block(0) | block(1) | block(2) | block(3)
+    if stage3_lora:  # the source's stage 3: every layer's block, its attention through its adapters
+        attention = {n for n in every_block if ".attn." in n}
+        step_changes(shared | (every_block - attention) | lora(0) | lora(1) | lora(2) | lora(3))
+    else:  # every layer's block, the adapters no more
+        step_changes(shared | every_block)
 
 
 def read_log(cfg, kind):
