@@ -1,42 +1,18 @@
-"""Generation through the variant's normalised predictive distribution, with a KV cache."""
+"""Generation through the variant's normalised predictive distribution, with a KV cache.
+
+`generate` takes the options of Hugging Face's generate() (greedy or sampling, temperature,
+top_k, top_p, repetition_penalty, no_repeat_ngram_size, beam search with length_penalty and
+early_stopping, an end-of-sequence id) with their semantics; nanoGPT/generation.py holds the
+processors, the cached decoding step and beam search.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from nanoGPT.errors import UserError
+from nanoGPT.generation import Decoder, GenerationSettings, beam_search, process_scores
 from nanoGPT.model import GPT
-
-
-def apply_filters(
-    log_probs: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-) -> torch.Tensor:
-    """Temperature, top-k and top-p on (B, V) log-probs, each row on its own.
-    Returns logits whose softmax is the distribution to sample from."""
-    logits = log_probs / max(temperature, 1e-8)
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        # drop a token once the tokens ranked above it already hold top_p of the mass
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def banned_by_ngrams(sequences: torch.Tensor, ngram_size: int) -> list[set[int]]:
-    """Per row, the tokens that would repeat an n-gram already in the row."""
-    banned: list[set[int]] = []
-    for row in sequences.tolist():
-        prefix = tuple(row[len(row) - ngram_size + 1 :]) if ngram_size > 1 else ()
-        seen = set()
-        for i in range(len(row) - ngram_size + 1):
-            if tuple(row[i : i + ngram_size - 1]) == prefix:
-                seen.add(row[i + ngram_size - 1])
-        banned.append(seen)
-    return banned
 
 
 def compile_for_generation(model: GPT) -> GPT:
@@ -59,31 +35,62 @@ def generate(
     greedy: bool = False,
     no_repeat_ngram_size: int = 0,
     samples: int | None = None,
+    *,
+    repetition_penalty: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    eos_token_id: int | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
-    """Continue each row of `idx` (B, T) by `max_new_tokens` tokens.
+    """Continue each row of `idx` (B, T) by up to `max_new_tokens` tokens: sampled, or with
+    `greedy` (HF's do_sample=False) the most likely one, or with num_beams > 1 beam search.
 
-    The KV cache makes each new token cost one position while the sequence fits in the
-    block; past block_size the context is cropped to the last block_size tokens and
-    recomputed each step (learned positions cannot slide a cache).
+    A row that produces `eos_token_id` ends there and is padded with it; generation stops
+    when every row has ended, so the result may be shorter than T + max_new_tokens.
     """
-    block_size = model.config.block_size
-    cache: list = []
-    fed = 0  # how many tokens of idx the cache holds
-    for _ in range(max_new_tokens):
-        if idx.size(1) <= block_size:
-            hidden = model.hidden_states(idx[:, fed:], kv_cache=cache)
-            fed = idx.size(1)
+    ahead = model.config.target_offset()
+    if ahead != 1:  # each step would append the token predicted `ahead` positions later
+        raise UserError(
+            f"this model predicts the token {ahead} positions ahead (predict_ahead), not the "
+            "next one: it cannot generate text"
+        )
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos_token_id,
+        use_cache=use_cache,
+        samples=samples,
+    )
+    if max_new_tokens == 0:
+        return idx
+    if num_beams > 1:
+        return beam_search(model, idx, settings)
+    return sample_or_greedy(model, idx, settings)
+
+
+def sample_or_greedy(model: GPT, idx: torch.Tensor, s: GenerationSettings) -> torch.Tensor:
+    """HF's _sample: one token per row and step, sampled from the processed scores or their argmax."""
+    decoder = Decoder(model, s.use_cache, s.samples)
+    unfinished = torch.ones(idx.size(0), dtype=torch.bool, device=idx.device)
+    for _ in range(s.max_new_tokens):
+        scores = process_scores(decoder.log_probs(idx), idx, s)
+        if s.do_sample:
+            next_ids = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
-            hidden = model.hidden_states(idx[:, -block_size:])
-        log_probs = model.variant.log_probs(hidden[:, -1, :], samples=samples)
-        if no_repeat_ngram_size > 0:
-            for row, banned in enumerate(banned_by_ngrams(idx, no_repeat_ngram_size)):
-                if banned:
-                    log_probs[row, list(banned)] = float("-inf")
-        if greedy:
-            next_ids = log_probs.argmax(-1, keepdim=True)
-        else:
-            logits = apply_filters(log_probs, temperature, top_k, top_p)
-            next_ids = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
-        idx = torch.cat([idx, next_ids], dim=1)
+            next_ids = scores.argmax(-1)
+        if s.eos_token_id is not None:
+            next_ids = torch.where(unfinished, next_ids, s.eos_token_id)
+            unfinished &= next_ids != s.eos_token_id
+        idx = torch.cat([idx, next_ids[:, None]], dim=1)
+        if not unfinished.any():
+            break
     return idx
