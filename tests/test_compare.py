@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import compare
+import nanoGPT.compare.document
 import nanoGPT.compare.final_eval
 import nanoGPT.compare.runs
 import nanoGPT.train
@@ -25,6 +26,7 @@ from nanoGPT.compare.plan import final_split, parse_rows, plan_runs, selection_s
 from nanoGPT.compare.report import Column, format_table
 from nanoGPT.compare.runs import check_same_run, ensure_data
 from nanoGPT.compare.schedule import Task, run_tasks
+from nanoGPT.compare.trunks import final_train_loss, inference_ms_per_token, trunk_section
 from nanoGPT.config import ModelConfig, apply_config
 from nanoGPT.errors import UserError
 from nanoGPT.model import GPT
@@ -332,7 +334,12 @@ def test_tasks_run_in_worker_processes():
 
 @pytest.mark.parametrize(
     "config",
-    ["config/compare_shakespeare.py", "config/compare_shakespeare_char.py", "config/compare_wikitext.py"],
+    [
+        "config/compare_shakespeare.py",
+        "config/compare_shakespeare_char.py",
+        "config/compare_wikitext.py",
+        "config/compare_archs_shakespeare_char.py",
+    ],
 )
 def test_config_files_load(config):
     cfg = apply_config(CompareConfig(), [os.path.join(REPO, config)])
@@ -370,3 +377,67 @@ def test_missing_data_is_prepared_by_its_script(char_data, tmp_path, monkeypatch
     monkeypatch.setattr(nanoGPT.compare.runs, "resolve_data_dir", lambda dataset, data_dir="": str(folder))
     assert ensure_data(CompareConfig(dataset="plays")) == str(folder)
     assert {"train.bin", "val.bin", "meta.pkl"} <= set(os.listdir(folder))
+
+
+@pytest.mark.slow  # three tiny runs, evaluated and reported (~5 s)
+def test_trunks_compare_in_one_report_with_their_costs(small_data, tmp_path, monkeypatch):
+    """Rows that vary the trunk (GPT-2, arch=conv, progressive diverging) train on the one
+    budget; the report adds their trunk table, inference ms/token and one loss plot of all."""
+    cfg = dataclasses.replace(
+        tiny_compare(small_data, tmp_path, jobs=1),
+        rows="baseline,baseline(arch=conv;n_layer=3),baseline(progressive_group=2)",
+        seeds="1",
+        teacher="",  # no teacher: the reference row judges the samples
+        max_iters=12,
+        eval_interval=6,
+        log_interval=3,
+        sample_tokens=8,
+    )
+    plotted = {}
+    real_plot = nanoGPT.compare.document.plot_loss_curves
+
+    def spy(logs, out_path, groups, title):
+        plotted.update(groups)
+        return real_plot(logs, out_path, groups=groups, title=title)
+
+    monkeypatch.setattr(nanoGPT.compare.document, "plot_loss_curves", spy)
+    results = compare.compare(cfg)
+    labels = ["baseline", "baseline(arch=conv;n_layer=3)", "baseline(progressive_group=2)"]
+    assert sorted(set(plotted.values())) == sorted(labels)  # every row's curves on one plot
+    assert (
+        results["trunks"][labels[1]]["arch"] == "conv"
+        and results["trunks"][labels[2]]["progressive_group"] == 2
+    )
+    metrics = {label: results["runs"][label]["1"]["metrics"] for label in labels}
+    for label, m in metrics.items():
+        assert m["infer_ms_per_token"] > 0 and math.isfinite(m["train_loss"]), label
+    assert metrics[labels[1]]["params"] > metrics[labels[0]]["params"]  # deeper levels are 2x wide
+    report = open(os.path.join(cfg.log_dir, cfg.name, "report.md")).read()
+    trunk_lines = report.split("### Trunks")[1].strip().splitlines()
+    assert "| ms/token ↓ |" in trunk_lines[0] and "micro-batch" in trunk_lines[0]
+    conv = next(line for line in trunk_lines if line.startswith(f"| {labels[1]} |"))
+    assert "| conv (÷4, 1 level" in conv and "| 3 | 2 | 32 | 8 | 32 |" in conv  # layers heads width batch ctx
+    assert "progressive diverging (group 2)" in report and "ms/token" in report.split("### Trunks")[0]
+
+
+def test_an_objective_comparison_has_no_trunk_table(small_data, tmp_path):
+    cfg = tiny_compare(small_data, tmp_path)
+    rows, _ = parse_rows("baseline,smooth,sigmoid")
+    assert trunk_section(plan_runs(cfg, small_data, rows, None), {}, "test") == ""
+    rows, _ = parse_rows("baseline,baseline(n_head=4)")
+    assert "| baseline(n_head=4) | GPT-2 | 2 | 4 | 32 |" in trunk_section(
+        plan_runs(cfg, small_data, rows, None), {}, "test"
+    )
+
+
+@pytest.mark.parametrize("trunk", [{}, {"arch": "conv"}, {"progressive_group": 2}])
+def test_inference_time_per_token_of_every_trunk(trunk, tmp_path):
+    model = GPT(ModelConfig(n_layer=4, n_head=2, n_embd=16, block_size=16, vocab_size=11, **trunk))
+    model.eval()
+    rt = setup_runtime(tiny_config("", tmp_path))
+    assert 0 < inference_ms_per_token(model, [1, 2, 3], 50, rt, repeats=2) < 1000
+    assert math.isnan(inference_ms_per_token(model, list(range(16)), 5, rt))  # no room in the block
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"iter": 5, "kind": "train", "loss": 3.0}\n{"iter": 10, "kind": "train", "loss": 2.5}\n'
+    )
+    assert final_train_loss(str(tmp_path / "metrics.jsonl")) == 2.5

@@ -16,6 +16,7 @@ import torch
 from nanoGPT.atomic import atomic_write_json
 from nanoGPT.checkpoint import checkpoint_path, load_model
 from nanoGPT.compare.plan import Run, final_split
+from nanoGPT.compare.trunks import final_train_loss, inference_ms_per_token
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
 from nanoGPT.metrics import MetricAccumulator, WindowAccumulator
@@ -28,6 +29,8 @@ from nanoGPT.text_metrics import distinct_n, self_bleu
 from nanoGPT.tokenizer import Tokenizer, load_tokenizer
 
 EVAL_CACHE = "compare_eval.json"
+# what measure() computes: a cached evaluation of an older version is measured again
+MEASURES = 2  # 2: params, train_loss, infer_ms_per_token
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def cache_key(run: Run, settings: EvalSettings, judge_path: str) -> dict:
         "checkpoint": [path, os.stat(path).st_mtime_ns],
         "judge": [judge_path, os.stat(judge_path).st_mtime_ns] if judge_path else None,
         "split": final_split(run.cfg.data_dir),
+        "measures": MEASURES,
         **settings.__dict__,
     }
     return json.loads(json.dumps(key))
@@ -178,11 +182,16 @@ def measure(run: Run, settings: EvalSettings, judge_path: str) -> dict:
     metrics = accumulator.compute()
     metrics.update({k: v for k, v in ood.items() if k.startswith(OOD_KEYS)})
     samples = generate_samples(model, tokenizer, settings, rt)
+    metrics["params"] = model.num_params()
+    metrics["infer_ms_per_token"] = inference_ms_per_token(
+        model, samples[0]["prompt_ids"], settings.sample_tokens, rt
+    )
     del model
     texts = [tokenizer.decode(s["ids"]) for s in samples]
     metrics.update(text_scores(texts))
     metrics["sample_ppl"] = judge_perplexity(judge_path, samples, rt) if judge_path else math.nan
     metrics["ms_per_iter"] = median_ms_per_iter(os.path.join(run.log_path, "metrics.jsonl"))
+    metrics["train_loss"] = final_train_loss(os.path.join(run.log_path, "metrics.jsonl"))
     return {
         "iter": iter_num,
         "checkpoint": which,

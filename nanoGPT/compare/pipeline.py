@@ -16,6 +16,7 @@ from nanoGPT.compare.plan import Run, parse_rows, plan_runs, teacher_run
 from nanoGPT.compare.report import format_difference, format_table, format_verdicts, summarize, verdicts
 from nanoGPT.compare.runs import build_run_cache, ensure_data, stage, train_or_reuse, training_seconds
 from nanoGPT.compare.schedule import Task, run_tasks
+from nanoGPT.compare.trunks import describe, trunk_section
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
 from nanoGPT.stats import WindowTable, paired_differences, significantly_best
@@ -139,7 +140,8 @@ def write_outputs(
             ctx.teacher, teacher_result, ctx.runs[0].label, decision["tables"], cfg
         )
         shown.update(summarize({"teacher (not a contestant)": {ctx.teacher.seed: teacher_result["metrics"]}}))
-    table = format_table(shown, decision["best"])
+    # rows that differ in their trunk get a second table: what each trunk is and costs
+    table = format_table(shown, decision["best"]) + trunk_section(ctx.runs, decision["summary"], ctx.split)
     figures = draw_figures(report_dir, ctx.runs, results, cfg)
     write_samples_markdown(os.path.join(report_dir, "samples.md"), results)
     ctx.wall_s = time.time() - started
@@ -160,6 +162,7 @@ def write_outputs(
             for label, against in decision["verdicts"].items()
         },
         "skipped_rows": list(ctx.skipped),
+        "trunks": {run.label: describe(run.cfg) for run in ctx.runs},
         "runs": {
             label: {str(s): {k: v for k, v in r.items() if k != "windows"} for s, r in seeds.items()}
             for label, seeds in results.items()

@@ -45,6 +45,7 @@ COLUMNS = [
     Column("self_bleu", "self-BLEU", "lower", "samples: BLEU-4 of each against the others (words)"),
     Column("sample_ppl", "judge ppl", "lower", "samples: perplexity the judge (teacher) assigns them"),
     Column("ms_per_iter", "ms/iter", "lower", "training speed: median ms per iteration"),
+    Column("infer_ms_per_token", "ms/token", "lower", "sampling speed: ms per token, one sequence, KV cache"),
 ]  # fmt: skip
 # ppl and bpb are monotone in NLL: significantly best in NLL is significantly best in them
 SAME_TEST = {"ppl": "nll", "bpb": "nll"}
