@@ -3,6 +3,7 @@
 python sample.py --out_dir=out/baseline-shakespeare-char --start="ROMEO:" --num_samples=3
 python sample.py --out_dir=out/x --start=FILE:prompt.txt --top_p=0.9 --temperature=0.8
 python sample.py --init_from=gpt2 --start="The boy went to the" --dtype=bfloat16 --compile=True
+python sample.py --out_dir=out/x --do_sample=False --num_beams=4 --no_repeat_ngram_size=3
 
 init_from=resume samples a checkpoint of out_dir with its own tokenizer; gpt2, gpt2-medium,
 gpt2-large, gpt2-xl or a local folder saved with transformers' save_pretrained samples OpenAI
@@ -35,11 +36,17 @@ class SampleConfig:
     start: str = "\n"  # the prompt, or FILE:path
     num_samples: int = 3
     max_new_tokens: int = 200
-    temperature: float = 0.8
+    # the options of Hugging Face's generate(), with its semantics (nanoGPT/generation.py)
+    do_sample: bool = True  # False: greedy, or beam search with num_beams > 1
+    temperature: float = 0.8  # sampling only, as the two below
     top_k: int = 200  # 0 = off
     top_p: float = 1.0  # 1.0 = off
-    greedy: bool = False
-    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0  # > 1: the log-probs of tokens already in the text are multiplied by it
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size occurs twice
+    num_beams: int = 1  # > 1: beam search (with do_sample=True, beam sampling)
+    length_penalty: float = 1.0  # beam search: a finished beam scores sum(log p) / length ** length_penalty
+    early_stopping: str = "false"  # beam search: true (stop at num_beams finished) | false | never
+    stop_at_eos: bool = True  # end a sample at the tokenizer's end of text (GPT-2's <|endoftext|>), if any
     bayes_samples: int = 0  # Bayesian variants: weight samples per token; 0 = as trained
     seed: int = 1337
     device: str = "auto"
@@ -78,6 +85,7 @@ def load_for_sampling(cfg: SampleConfig, device: str) -> tuple[GPT, Tokenizer]:
 
 
 def sample(cfg: SampleConfig) -> list[str]:
+    early_stopping = parse_early_stopping(cfg.early_stopping)
     rt = inference_runtime(cfg.device, cfg.dtype)
     model, tokenizer = load_for_sampling(cfg, rt.device)
     if cfg.compile:
@@ -93,6 +101,7 @@ def sample(cfg: SampleConfig) -> list[str]:
         ids = ids[-block:]
     torch.manual_seed(cfg.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=rt.device)
+    eos = tokenizer.eot_id if cfg.stop_at_eos else None
     with rt.autocast():
         out = generate(
             model,
@@ -101,10 +110,31 @@ def sample(cfg: SampleConfig) -> list[str]:
             cfg.temperature,
             cfg.top_k,
             cfg.top_p,
-            cfg.greedy,
-            cfg.no_repeat_ngram_size,
+            greedy=not cfg.do_sample,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+            repetition_penalty=cfg.repetition_penalty,
+            num_beams=cfg.num_beams,
+            length_penalty=cfg.length_penalty,
+            early_stopping=early_stopping,
+            eos_token_id=eos,
         )
-    return [tokenizer.decode(row.tolist()) for row in out]
+    return [tokenizer.decode(until_eos(row.tolist(), len(ids), eos)) for row in out]
+
+
+def parse_early_stopping(text: str) -> bool | str:
+    choices = {"true": True, "false": False, "never": "never"}
+    if text.lower() not in choices:
+        raise UserError(f"early_stopping must be true, false or never, got {text!r}")
+    return choices[text.lower()]
+
+
+def until_eos(row: list[int], prompt_len: int, eos: int | None) -> list[int]:
+    """The prompt and what was generated before the first end of text (which, like the
+    padding after it, is not printed)."""
+    generated = row[prompt_len:]
+    if eos is not None and eos in generated:
+        generated = generated[: generated.index(eos)]
+    return row[:prompt_len] + generated
 
 
 @cli

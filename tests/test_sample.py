@@ -16,7 +16,7 @@ PROMPT = "ROMEO: But soft, what light"
 
 def greedy_config(folder: str, **overrides) -> sample.SampleConfig:
     settings = dict(
-        init_from=folder, start=PROMPT, num_samples=2, max_new_tokens=6, greedy=True, device="cpu"
+        init_from=folder, start=PROMPT, num_samples=2, max_new_tokens=6, do_sample=False, device="cpu"
     )
     return sample.SampleConfig(**{**settings, **overrides})
 
@@ -26,7 +26,7 @@ def test_init_from_a_local_folder_continues_as_the_hf_model_does(hf_gpt2_folder,
 
     options = {"init_from": hf_gpt2_folder, "start": PROMPT, "num_samples": 2, "max_new_tokens": 6}
     texts = sample.main(
-        [f"--{key}={value}" for key, value in options.items()] + ["--greedy=True", "--device=cpu"]
+        [f"--{key}={value}" for key, value in options.items()] + ["--do_sample=False", "--device=cpu"]
     )
     assert texts[0] == texts[1] and texts[0].startswith(PROMPT)
     assert capsys.readouterr().out.count(PROMPT) == 2
@@ -51,7 +51,7 @@ def test_bfloat16_on_cpu_samples_under_autocast(hf_gpt2_folder, monkeypatch):
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(sample, "generate", generate_and_record)
-    texts = sample.sample(greedy_config(hf_gpt2_folder, dtype="bfloat16", greedy=False, max_new_tokens=8))
+    texts = sample.sample(greedy_config(hf_gpt2_folder, dtype="bfloat16", do_sample=True, max_new_tokens=8))
     assert seen["autocast"] == (True, torch.bfloat16)
     assert len(texts) == 2 and all(text.startswith(PROMPT) and len(text) > len(PROMPT) for text in texts)
 
@@ -78,6 +78,37 @@ def test_hugging_face_models_are_refused_where_they_cannot_be_sampled(hf_gpt2_fo
     GPT2LMHeadModel(small).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="vocabulary of 97 tokens.*GPT-2 tokenizer"):
         sample.sample(greedy_config(str(tmp_path)))
+
+
+def test_beam_search_options_on_the_command_line_give_hf_generate_text(hf_gpt2_folder, capsys):
+    from transformers import GPT2LMHeadModel
+
+    options = dict(do_sample=False, num_beams=3, no_repeat_ngram_size=2, repetition_penalty=1.2)
+    options.update(length_penalty=0.5, early_stopping="true")
+    texts = sample.main([f"--{key}={value}" for key, value in options.items()] + greedy_argv(hf_gpt2_folder))
+    tokenizer = gpt2_tokenizer()
+    idx = torch.tensor([tokenizer.encode(PROMPT)])
+    options["early_stopping"] = True
+    reference = GPT2LMHeadModel.from_pretrained(hf_gpt2_folder).eval()
+    with torch.no_grad():  # beam search processes log-probs in HF too
+        out = reference.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=6, **options)
+    assert texts == [tokenizer.decode(out[0].tolist())] * 2
+    with pytest.raises(SystemExit) as exit_code:
+        sample.main(["--early_stopping=maybe", *greedy_argv(hf_gpt2_folder)])
+    assert exit_code.value.code == 2
+    assert "error: early_stopping must be true, false or never, got 'maybe'" in capsys.readouterr().err
+
+
+def greedy_argv(folder: str) -> list[str]:
+    config = greedy_config(folder)
+    return [
+        f"--{key}={getattr(config, key)}" for key in ("init_from", "start", "num_samples", "max_new_tokens")
+    ]
+
+
+def test_a_sample_ends_at_the_first_end_of_text_after_the_prompt():
+    assert sample.until_eos([5, 9, 3, 9, 4, 9, 9], 2, 9) == [5, 9, 3]  # the prompt's own eos stays
+    assert sample.until_eos([5, 9, 3, 4], 2, None) == [5, 9, 3, 4]
 
 
 @pytest.mark.slow
