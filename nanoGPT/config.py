@@ -132,6 +132,10 @@ class TrainConfig(ModelConfig):
     augment_window: int = 64  # perplexity filter: tokens scored around the position
     augment_positions: str = "one"  # one (random position per sequence) | all | a fraction
     augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)
+    # 0: the candidates are the teacher's top augment_k; N: augment_k distinct tokens drawn
+    # (seeded) from the teacher's N most likely, within their augment_sample_top_p nucleus
+    augment_sample_top_k: int = 0
+    augment_sample_top_p: float = 1.0  # with augment_sample_top_k: the nucleus drawn from
     augment_cache: str = ""  # cache name: <data_dir>/train.aug_<name>.bin; "" = <teacher>-<filter>
     gradient_accumulation_steps: int = 1  # total over all processes; each does ceil(total / processes)
     # optimizer (AdamW) and schedule (warmup + cosine)
@@ -285,6 +289,8 @@ RANGES = {
     "learning_rate": "[0, inf)",
     "max_iters": "[0, inf)",
     "weight_decay": "[0, inf)",
+    "augment_sample_top_k": "[0, inf)",
+    "augment_sample_top_p": "(0, 1]",
     "beta1": "[0, 1)",
     "beta2": "[0, 1)",
     "grad_clip": "[0, inf)",

@@ -134,7 +134,11 @@ def cache_identity(
     num_tokens = os.path.getsize(train_path) // 2
     covered = train_prefix_tokens(num_tokens, cfg.train_fraction)
     return {
-        "settings": {**settings.candidate_settings(), "block_size": cfg.block_size, "train_tokens": covered},
+        "settings": {
+            **settings.candidate_settings(cfg.seed),
+            "block_size": cfg.block_size,
+            "train_tokens": covered,
+        },
         "teacher_checkpoint": _teacher_fingerprint(settings.teacher),
         "vocab_size": vocab_size,
         "data": {
@@ -255,7 +259,8 @@ def build_cache(cfg: TrainConfig, show_progress: bool = True) -> str:
                 [tokens[first + i * T : first + i * T + length + 1] for i in range(count)]
             ).astype(np.int64)
             rows = torch.from_numpy(rows).to(device)
-            targets = augmenter.positives(rows[:, :-1], rows[:, 1:], all_positions[:count, :length])
+            starts = first + T * np.arange(count)  # what drawn candidates are keyed by, as online
+            targets = augmenter.positives(rows[:, :-1], rows[:, 1:], all_positions[:count, :length], starts)
             f.seek((first + 1) * row_bytes)
             f.write(stored_rows(targets, storage).tobytes())
             done += count

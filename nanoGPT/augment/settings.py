@@ -28,6 +28,8 @@ class AugmentSettings:
     min_prob: float = TrainConfig.augment_min_prob
     window: int = TrainConfig.augment_window
     positions: str = TrainConfig.augment_positions
+    sample_top_k: int = TrainConfig.augment_sample_top_k
+    sample_top_p: float = TrainConfig.augment_sample_top_p
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> AugmentSettings:
@@ -40,6 +42,8 @@ class AugmentSettings:
             min_prob=cfg.augment_min_prob,
             window=cfg.augment_window,
             positions=cfg.augment_positions,
+            sample_top_k=cfg.augment_sample_top_k,
+            sample_top_p=cfg.augment_sample_top_p,
         )
         settings.validate()
         return settings
@@ -55,11 +59,25 @@ class AugmentSettings:
             raise UserError(f"augment_window must be at least 2 tokens, got {self.window}")
         if self.filter == "prob" and not 0 < self.min_prob <= 1:
             raise UserError(f"augment_min_prob must be in (0, 1], got {self.min_prob}")
+        if self.sample_top_k and self.sample_top_k < self.k:
+            raise UserError(
+                f"augment_sample_top_k must be 0 (off) or at least augment_k={self.k}, "
+                f"got {self.sample_top_k}"
+            )
+        if not 0 < self.sample_top_p <= 1:
+            raise UserError(f"augment_sample_top_p must be in (0, 1], got {self.sample_top_p}")
         positions_per_row(self.positions, 1)  # raises on a malformed value
 
-    def candidate_settings(self) -> dict[str, Any]:
+    @property
+    def sampled(self) -> bool:
+        """Are the candidates drawn (augment_sample_top_k > 0) rather than the top k?"""
+        return self.sample_top_k > 0
+
+    def candidate_settings(self, seed: int | None = None) -> dict[str, Any]:
         """The keys that decide which candidates a position keeps (what a cache must match);
-        a filter's parameters count only for that filter."""
+        a filter's parameters count only for that filter, and sampling's (with the `seed` the
+        draws come from) only when the candidates are drawn."""
+        drawn = {"augment_sample_top_k": self.sample_top_k, "augment_sample_top_p": self.sample_top_p}
         return {
             "teacher": normalise_teacher(self.teacher),
             "augment_k": self.k,
@@ -67,6 +85,8 @@ class AugmentSettings:
             "augment_threshold": self.threshold if self.filter == "perplexity" else None,
             "augment_window": self.window if self.filter == "perplexity" else None,
             "augment_min_prob": self.min_prob if self.filter == "prob" else None,
+            # absent unless drawn: caches made before sampling existed keep matching
+            **({**drawn, "seed": seed} if self.sampled else {}),
         }
 
 

@@ -11,12 +11,18 @@ import torch
 import torch.nn as nn
 
 from nanoGPT.augment.settings import CKPT_PREFIX, AugmentSettings
-from nanoGPT.checkpoint import check_tokenizer, checkpoint_path, load_model, tokenizer_record
+from nanoGPT.checkpoint import (
+    check_tokenizer,
+    checkpoint_path,
+    checkpoint_tokenizer,
+    load_model,
+    tokenizer_record,
+)
 from nanoGPT.data import resolve_data_dir
 from nanoGPT.errors import UserError
 from nanoGPT.hub import load_pretrained
 from nanoGPT.runtime import seeded
-from nanoGPT.tokenizer import Tokenizer, load_tokenizer
+from nanoGPT.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
 
 # bounds the (rows x vocab) float32 log-prob temporaries of one head call: 256 MB on CUDA;
 # 16 MB on the CPU, where a temporary under glibc's 32 MB mmap ceiling is reused from the heap
@@ -68,18 +74,13 @@ def _freeze(model: nn.Module, device: str) -> nn.Module:
     return model
 
 
-class CheckpointTeacher(Teacher):
-    """A model trained by this framework, through its own variant's normalised log_probs,
-    so any variant can teach. Works offline and for character-level data."""
+class ModelTeacher(Teacher):
+    """A GPT of this framework, through its own variant's normalised log_probs, so any variant
+    can teach. Works offline and for character-level data."""
 
-    def __init__(self, path: str, device: str):
-
-        model, ckpt = load_model(path, device)
+    def __init__(self, model: nn.Module, device: str, name: str = "a GPT model"):
         self.model = _freeze(model, device)
-        self.path = path
-        self.name = f"{CKPT_PREFIX}{path}"
-        # what identifies its vocabulary (see nanoGPT.checkpoint.check_tokenizer)
-        self.record = {key: ckpt[key] for key in ("config", "model_args", "tokenizer") if key in ckpt}
+        self.name = name
         self.vocab_size = model.config.vocab_size
         self.block_size = model.config.block_size
         self.device = torch.device(device)
@@ -101,17 +102,32 @@ class CheckpointTeacher(Teacher):
             yield
 
 
-class HFTeacher(Teacher):
-    """A causal LM through `transformers`: a hub name such as "gpt2", or a local folder."""
+class CheckpointTeacher(ModelTeacher):
+    """A checkpoint trained by this framework (see ModelTeacher)."""
 
-    def __init__(self, name_or_path: str, device: str):
-        model = load_pretrained(
-            "AutoModelForCausalLM",
-            name_or_path,
-            "connect to the Hugging Face hub, or pass teacher=<local folder with config.json and "
-            f"model.safetensors, saved with save_pretrained> or teacher={CKPT_PREFIX}<out_dir of a run "
-            "trained here>",
-        )
+    def __init__(self, path: str, device: str):
+        model, ckpt = load_model(path, device)
+        super().__init__(model, device, f"{CKPT_PREFIX}{path}")
+        self.path = path
+        # what identifies its vocabulary (see nanoGPT.checkpoint.check_tokenizer)
+        self.record = {key: ckpt[key] for key in ("config", "model_args", "tokenizer") if key in ckpt}
+
+
+class HFTeacher(Teacher):
+    """A causal LM through `transformers`: a hub name such as "gpt2", a local folder, or a
+    model already loaded."""
+
+    def __init__(self, name_or_path: str | nn.Module, device: str):
+        if isinstance(name_or_path, nn.Module):
+            model, name_or_path = name_or_path, getattr(name_or_path, "name_or_path", "") or "a HF model"
+        else:
+            model = load_pretrained(
+                "AutoModelForCausalLM",
+                name_or_path,
+                "connect to the Hugging Face hub, or pass teacher=<local folder with config.json and "
+                f"model.safetensors, saved with save_pretrained> or teacher={CKPT_PREFIX}<out_dir of a "
+                "run trained here>",
+            )
         self.model = _freeze(model, device)
         self.body = model.base_model
         self.head = model.get_output_embeddings()
@@ -139,7 +155,7 @@ def load_teacher(spec: str, device: str, tokenizer: Tokenizer, data_name: str = 
     `device`; UserError unless its vocabulary is that of the data (`tokenizer`, of the folder
     `data_name`)."""
     if spec.startswith(CKPT_PREFIX):
-        teacher = CheckpointTeacher(checkpoint_file(spec[len(CKPT_PREFIX) :]), device)
+        teacher = open_teacher(spec, device)
         _check_checkpoint_vocabulary(teacher, tokenizer, data_name)
         return teacher
     if tokenizer.kind != "gpt2":
@@ -155,6 +171,37 @@ def load_teacher(spec: str, device: str, tokenizer: Tokenizer, data_name: str = 
             f"the data has {tokenizer.vocab_size} (GPT-2 BPE): use a GPT-2 teacher"
         )
     return teacher
+
+
+def open_teacher(teacher: str | nn.Module, device: str) -> Teacher:
+    """A teacher from what a user holds, on `device`: a spec ("gpt2", a local HF folder,
+    ckpt:<out_dir or .pt>), a GPT of this framework, or a transformers causal LM (a model is
+    put in eval mode and frozen where it is). Unlike load_teacher, no data to check it against."""
+    if isinstance(teacher, str):
+        if teacher.startswith(CKPT_PREFIX):
+            return CheckpointTeacher(checkpoint_file(teacher[len(CKPT_PREFIX) :]), device)
+        return HFTeacher(teacher, device)
+    if isinstance(teacher, nn.Module) and hasattr(teacher, "hidden_states") and hasattr(teacher, "variant"):
+        return ModelTeacher(teacher, device)
+    if isinstance(teacher, nn.Module) and hasattr(teacher, "get_output_embeddings"):
+        return HFTeacher(teacher, device)
+    raise UserError(
+        "a teacher is a hub name, a local folder, ckpt:<out_dir>, a GPT of this framework or a "
+        f"transformers causal LM, not a {type(teacher).__name__}"
+    )
+
+
+def teacher_tokenizer(teacher: Teacher) -> Tokenizer:
+    """The tokenizer of a teacher's vocabulary: its training data's for a checkpoint, GPT-2 BPE
+    for a model with GPT-2's vocabulary; UserError when it cannot be known."""
+    if isinstance(teacher, CheckpointTeacher):
+        return checkpoint_tokenizer(teacher.record)
+    if teacher.vocab_size == gpt2_tokenizer().vocab_size:
+        return gpt2_tokenizer()
+    raise UserError(
+        f"the tokenizer of {teacher.name} ({teacher.vocab_size} ids) is unknown: pass tokenizer=<a "
+        "nanoGPT.tokenizer.Tokenizer, e.g. load_tokenizer(<its data folder>)>"
+    )
 
 
 def _check_checkpoint_vocabulary(teacher: CheckpointTeacher, tokenizer: Tokenizer, data_name: str) -> None:
@@ -227,6 +274,61 @@ def probable_candidates(
         rows, rank = rows[top] + first, rank[top]
         out_ids[rows, rank], out_log_probs[rows, rank] = ids[top], values[top]
     return out_log_probs, out_ids
+
+
+_MASK32 = 0xFFFFFFFF
+_FNV_PRIME = 16777619
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash of int64 tensors holding values in [0, 2^32); every product stays
+    below 2^59, so int64 arithmetic never overflows and CPU and CUDA give the same bits."""
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _combine(h: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return _mix32(((h * _FNV_PRIME) & _MASK32) ^ _mix32(value & _MASK32))
+
+
+def hashed_gumbel(seed: int, keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(N,) non-negative int64 keys and (N, M) token ids -> (N, M) float32 Gumbel(0, 1) noise,
+    a pure function of (seed, key, id): the draw for a token at a position is the same in
+    any batch, on any device, online or in a cache, before or after a resume."""
+    h = torch.full_like(keys, seed & _MASK32)
+    for part in (torch.full_like(keys, (seed >> 32) & _MASK32), keys, keys >> 32):
+        h = _combine(h, part)
+    h = _combine(h[:, None].expand_as(ids), ids)
+    uniform = (h.double() + 0.5) / 2.0**32  # in (0, 1): the log of neither end
+    return (-(-uniform.log()).log()).float()
+
+
+def sampled_candidates(
+    teacher: Teacher, hidden: torch.Tensor, k: int, top_k: int, top_p: float, keys: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) hidden rows -> (log-probs, ids), each (N, k): k distinct tokens drawn without
+    replacement from the teacher's distribution cut to its `top_k` most likely tokens and, of
+    those, the nucleus of `top_p` (the most likely tokens up to the first whose cumulative
+    probability reaches top_p), most likely first; -1 ids (and -inf) fill the slots a nucleus
+    of fewer than k tokens leaves. Drawn by Gumbel-top-k (the k largest log p + Gumbel noise
+    are k successive draws without replacement) with the noise of hashed_gumbel, keyed by
+    `keys` (N,), one per row."""
+    step = _rows_per_chunk(teacher)
+    out_log_probs, out_ids = [], []
+    for first in range(0, hidden.size(0), step):
+        pool = teacher.head_log_probs(hidden[first : first + step]).topk(top_k, dim=-1)
+        probs = pool.values.exp()
+        outside = probs.cumsum(-1) - probs >= top_p  # the mass before it already reaches top_p
+        score = pool.values + hashed_gumbel(seed, keys[first : first + step], pool.indices)
+        score = score.masked_fill(outside, -math.inf)
+        drawn = score.topk(k, dim=-1)
+        log_probs = pool.values.gather(1, drawn.indices).masked_fill(drawn.values == -math.inf, -math.inf)
+        log_probs, order = log_probs.sort(dim=-1, descending=True)
+        ids = pool.indices.gather(1, drawn.indices.gather(1, order))
+        out_log_probs.append(log_probs)
+        out_ids.append(ids.masked_fill(log_probs == -math.inf, -1))
+    return torch.cat(out_log_probs), torch.cat(out_ids)
 
 
 def target_log_probs(teacher: Teacher, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
