@@ -77,7 +77,8 @@ def budget_lines(ctx: ReportContext) -> str:
         f"- data `{first.data_dir}`; final evaluation on **{ctx.split}** ({ctx.tokens_evaluated:,.0f} "
         f"tokens, the same windows for every run) of the **{ctx.checkpoint}** checkpoint (best.pt is "
         f"chosen on {first.eval_split})",
-        f"- every student: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block "
+        f"- every student (but for its row's overrides): {cfg.n_layer} layers, {cfg.n_head} heads, "
+        f"{cfg.n_embd} wide, block "
         f"{cfg.block_size}; {cfg.max_iters} iterations of {tokens_per_iter:,} tokens from the first "
         f"{first.train_fraction:g} of train.bin ({ctx.train_tokens:,} tokens: {epochs:.1f} epochs)",
     ]
