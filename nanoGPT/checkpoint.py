@@ -45,7 +45,7 @@ except ImportError:  # Windows: no advisory locks, runs are not kept apart
 from nanoGPT.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes, replace_with, write_temp
 from nanoGPT.config import ModelConfig, config_from_dict
 from nanoGPT.data import resolve_data_dir
-from nanoGPT.errors import UserError
+from nanoGPT.errors import UserError, resource_faults
 from nanoGPT.guard import finite_flags
 from nanoGPT.model import GPT
 from nanoGPT.tokenizer import load_tokenizer
@@ -94,6 +94,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 def _point_link(link: str, target: str) -> None:
     """Make `link` a symbolic link to `target` (same folder), atomically; a copy where the
     file system has no symbolic links."""
+    _clear_way(link)
     folder = os.path.dirname(link)
     tmp = os.path.join(folder, f"{TEMP_PREFIX}link-{os.getpid()}-{os.path.basename(link)}")
     if os.path.lexists(tmp):
@@ -119,14 +120,28 @@ def save_checkpoint(
 
     `pause_s` pauses between the steps, a testing aid that lets a test kill the process in
     the middle of a save.
-    """
 
+    A resource fault (disk full, a file-size limit, a read-only folder) is one UserError that
+    says what to do; the checkpoints saved before are left as they were.
+    """
+    with resource_faults(
+        f"saving the checkpoint of iteration {iter_num} in {out_dir}",
+        "then rerun with init_from=auto (the checkpoints saved before are intact)",
+    ):
+        return _save_checkpoint(state, out_dir, iter_num, best, keep, pause_s)
+
+
+def _save_checkpoint(
+    state: dict[str, Any], out_dir: str, iter_num: int, best: bool, keep: int, pause_s: float
+) -> str:
     def pause() -> None:
         if pause_s > 0:
             time.sleep(pause_s)
 
     _check_finite_weights(state.get("model", {}), iter_num)
     path = numbered_checkpoint_path(out_dir, iter_num)
+    _clear_way(path)
+    _clear_way(path + CHECKSUM_SUFFIX)
     state = {**state, "saved_as_best": best}  # what repair_pointers derives best.pt from
     tmp = write_temp(out_dir, lambda f: torch.save(state, f), suffix=".pt")
     try:
@@ -149,15 +164,31 @@ def save_checkpoint(
     return path
 
 
+def _clear_way(path: str) -> None:
+    """Set aside a folder (or anything else that is not a file or link) standing where a
+    checkpoint file goes, with one warning: os.replace cannot put a file over it, and leaving
+    it would fail every later save the same way."""
+    if os.path.lexists(path) and not (os.path.isfile(path) or os.path.islink(path)):
+        warn(f"{path} was not a file; kept as {_set_aside(path)}")
+
+
+def non_finite_tensors(weights: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of `weights` that hold a NaN or inf."""
+    floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
+    return [k for k, ok in zip(floats, finite_flags(list(floats.values()))) if not ok]
+
+
+def _names(names: list[str]) -> str:
+    return f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+
+
 def _check_finite_weights(weights: dict[str, torch.Tensor], iter_num: int) -> None:
     """UserError if a floating-point tensor of `weights` holds a NaN or inf: a run resumes
     from its checkpoints, so one with broken weights is never written."""
-    floats = {k: v for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
-    bad = [k for k, ok in zip(floats, finite_flags(list(floats.values()))) if not ok]
+    bad = non_finite_tensors(weights)
     if bad:
         raise UserError(
-            f"refusing to save the checkpoint of iteration {iter_num}: non-finite values in "
-            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+            f"refusing to save the checkpoint of iteration {iter_num}: non-finite values in {_names(bad)}"
         )
 
 
@@ -172,7 +203,7 @@ def _remove_old_checkpoints(out_dir: str, keep: int) -> None:
     for name in os.listdir(out_dir):  # checksums whose save was killed before the checkpoint
         if name.endswith(CHECKSUM_SUFFIX) and _NUMBERED.fullmatch(name[: -len(CHECKSUM_SUFFIX)]):
             orphan = os.path.join(out_dir, name)
-            if not os.path.exists(orphan[: -len(CHECKSUM_SUFFIX)]):
+            if not os.path.exists(orphan[: -len(CHECKSUM_SUFFIX)]) and os.path.isfile(orphan):
                 os.remove(orphan)
 
 
@@ -329,8 +360,9 @@ def find_resume_checkpoint(
 ) -> tuple[str, dict[str, Any]] | None:
     """The newest valid checkpoint in out_dir as (path, checkpoint), or None if there is none.
 
-    Numbered checkpoints are tried newest first; each must match its checksum and load. One
-    that does not is reported (one line through `report`) and skipped for the previous one,
+    Numbered checkpoints are tried newest first; each must match its checksum, load and hold
+    finite weights (one saved before save_checkpoint refused NaN or inf). One that does not
+    is reported (one line through `report`) and skipped for the previous one,
     never used and never deleted: with `set_aside` it is renamed to <name>.invalid-<time>, so
     that a later save of the same iteration cannot overwrite the evidence. A plain ckpt.pt
     (copied in by hand, no checksum) is the last candidate.
@@ -342,6 +374,7 @@ def find_resume_checkpoint(
     for path, numbered in candidates:
         try:
             found = path, load_checkpoint(path, "cpu", require_checksum=numbered)
+            _check_resumable(*found)
         except UserError as err:
             note = "skipped"
             if set_aside:
@@ -356,6 +389,15 @@ def find_resume_checkpoint(
         return found
     _repair_pointers(out_dir, None, report)
     return None
+
+
+def _check_resumable(path: str, ckpt: dict[str, Any]) -> None:
+    bad = non_finite_tensors(ckpt.get("model") or {})
+    if bad:
+        raise UserError(
+            f"{path} holds non-finite weights (NaN or inf in {_names(bad)}): not resumed from (the "
+            "newest finite checkpoint is; with none, start again with a lower learning_rate)"
+        )
 
 
 def _set_aside(path: str) -> str:
@@ -440,6 +482,33 @@ def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> 
     if expect_variant and config.variant != expect_variant:
         raise UserError(f"checkpoint was trained as variant {config.variant!r}, not {expect_variant!r}")
     return config
+
+
+# ModelConfig keys a resumed run may set anew: dropout acts in training only, the vocabulary comes
+# from the data (check_tokenizer compares it), the variant is checked by model_config_of, and
+# loss_chunk_size only chooses how the same loss is computed
+RESUME_MAY_CHANGE = ("dropout", "vocab_size", "variant", "loss_chunk_size")
+
+
+def check_model_settings(saved: ModelConfig, given: ModelConfig, every_key: bool) -> None:
+    """UserError listing the model settings of `given` that differ from the checkpoint's
+    (`saved`, "key old -> new"): resuming would train the checkpoint's model, not the one asked
+    for, and save a config that contradicts its weights. `every_key` (init_from=auto, the same
+    command run again) compares every setting; otherwise (init_from=resume, which takes the
+    model from the checkpoint) only the settings given a value other than their default."""
+    default = ModelConfig()
+    differing = []
+    for f in dataclasses.fields(ModelConfig):
+        old, new = getattr(saved, f.name), getattr(given, f.name)
+        if f.name in RESUME_MAY_CHANGE or old == new or (f.name == "kl_num_tokens" and new == 0):
+            continue  # kl_num_tokens=0: the train tokens, resolved when the checkpoint's run started
+        if every_key or new != getattr(default, f.name):
+            differing.append(f"{f.name} {old!r} -> {new!r}")
+    if differing:
+        raise UserError(
+            f"the checkpoint was trained with other model settings ({', '.join(differing)}): "
+            "give the settings it was trained with, or use another out_dir for the new model"
+        )
 
 
 def load_model(path: str, device: str = "cpu", expect_variant: str | None = None, **overrides: Any):

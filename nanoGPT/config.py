@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import re
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -154,6 +155,9 @@ class TrainConfig(ModelConfig):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
     compile: bool = False
     backend: str = "auto"  # DDP backend: auto = nccl on CUDA, gloo on CPU
+    # DDP: a collective (all-reduce, barrier, ...) that waits longer than this for another rank
+    # ends the run with an error: a frozen or stuck rank stops it instead of hanging it
+    collective_timeout_s: float = 300.0
     seed: int = 1337
     peak_flops: float = 989e12  # for MFU: dense bf16 peak of the accelerator (H100/H200)
 
@@ -298,6 +302,7 @@ RANGES = {
     "lr_decay_iters": "[0, inf)",
     "min_lr": "[0, inf)",
     "seed": f"[0, {2**63})",
+    "collective_timeout_s": "(0, 86400]",
     "peak_flops": "(0, inf)",
 }
 # keys whose string names one of a few settings (the model's and the augmenter's own choices
@@ -357,6 +362,16 @@ def validate_config(config: Any) -> None:
         raise UserError(f"n_embd={n_embd} must be a multiple of n_head={n_head}")
 
 
+def _probe_write(path: str, folder: str, key: str) -> None:
+    """Create and delete a file in the existing folder `path`: os.access passes for root on a
+    folder without write permission and says nothing of some read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"{key}={folder} is not writable ({err.strerror})") from None
+
+
 def check_writable(folder: str, key: str) -> None:
     """UserError unless `folder` is, or can be created as, a writable folder. Missing folders
     are created to find out (permissions, a read-only or pseudo file system) and removed again:
@@ -367,8 +382,8 @@ def check_writable(folder: str, key: str) -> None:
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise UserError(f"{key}={folder}: {path} is not a folder")
-    if not missing and not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={folder} is not writable")
+    if not missing:
+        _probe_write(path, folder, key)
     created = []
     try:
         for new in reversed(missing):

@@ -8,6 +8,7 @@ uninterrupted run would have read, with no sampler state to save.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,9 @@ def prepare_hint(data_dir: str) -> str:
 SCAN_ALL_TOKENS = 128 << 20  # token files up to this size (256 MB) are checked whole
 SAMPLE_CHUNKS, CHUNK_TOKENS = 64, 1 << 20  # larger ones: 64 chunks of 2 MB, evenly spread
 DTYPE_PROBE_TOKENS = 1 << 16
+# GPT-2 BPE ids below 256 are its single bytes: text of this many tokens uses merges (" the" is
+# 262, "\n\n" 628), so ids that all stay below 256 are a character vocabulary whose meta.pkl is gone
+BYTE_IDS, BPE_EVIDENCE_TOKENS = 256, 1000
 
 
 def _chunks(data: np.ndarray) -> list[np.ndarray]:
@@ -82,12 +86,29 @@ def is_data_file(name: str) -> bool:
     return name in (META_FILE, SENTENCEPIECE_FILE) or name in {f"{split}.bin" for split in SPLIT_CODES}
 
 
+def _check_is_file(path: str) -> None:
+    """UserError when `path` exists as something other than a file (reading a folder or a
+    pipe would fail later, or block): what it is, rather than "not found"."""
+    if not os.path.lexists(path) or os.path.isfile(path):
+        return
+    if os.path.islink(path) and not os.path.exists(path):
+        what = f"a link to {os.readlink(path)}, which is missing"
+    elif os.path.isdir(path):
+        what = "a folder"
+    else:
+        mode = os.stat(path).st_mode
+        what = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a regular file"
+    raise UserError(f"{path} is {what}, not a file of token ids")
+
+
 class TokenData:
     """Random windows of a split for training, fixed evenly spread windows for evaluation.
 
     With train_fraction < 1 only the first train_fraction of train.bin is used (a data-limited
     regime: several epochs over the prefix within max_iters); every window lies inside it.
     """
+
+    target_offset = 1  # targets are the next tokens unless set_target_offset says otherwise
 
     def __init__(
         self,
@@ -102,14 +123,14 @@ class TokenData:
         self.data_dir, self.block_size, self.batch_size = data_dir, block_size, batch_size
         self.device, self.seed, self.rank = device, seed, rank
         finish_swaps(data_dir, is_data_file)  # a preparation killed while moving its files in
+        for split in SPLIT_CODES:
+            _check_is_file(self.path(split))
         if not os.path.isfile(self.path("train")):
             raise UserError(f"no training data: {self.path('train')} not found{prepare_hint(data_dir)}")
         for split in self.splits():
             self._check_byte_count(split)
             if self.num_tokens(split) <= block_size:
                 raise UserError(
-    target_offset = 1  # targets are the next tokens unless set_target_offset says otherwise
-
                     f"{self.path(split)} has {self.num_tokens(split)} tokens, "
                     f"not more than block_size={block_size}"
                 )
@@ -150,6 +171,7 @@ class TokenData:
         Files up to SCAN_ALL_TOKENS tokens are read whole; larger ones at SAMPLE_CHUNKS evenly
         spread chunks, so the check stays a second or two on a multi-GB train.bin.
         """
+        largest_of_all, seen = 0, 0
         for split in self.splits():
             data = self.tokens(split)
             head = np.asarray(data[:DTYPE_PROBE_TOKENS])
@@ -160,12 +182,21 @@ class TokenData:
                     f"{prepare_hint(self.data_dir)}"
                 )
             largest = max(int(chunk.max()) for chunk in _chunks(data))
+            largest_of_all, seen = max(largest_of_all, largest), seen + len(data)
             if largest >= vocab_size:
                 raise UserError(
                     f"{self.path(split)} holds token id {largest}, but {vocabulary} has "
                     f"{vocab_size} ids: the .bin files and the tokenizer come from "
                     f"different prepare runs{prepare_hint(self.data_dir)}"
                 )
+        no_meta = not os.path.exists(os.path.join(self.data_dir, META_FILE))
+        if no_meta and seen >= BPE_EVIDENCE_TOKENS and largest_of_all < BYTE_IDS:
+            raise UserError(
+                f"{self.data_dir} has no {META_FILE}, so its ids would be read as GPT-2 BPE, but all "
+                f"{seen} are below {BYTE_IDS} (GPT-2 text uses merged tokens): they look like "
+                f"character ids whose {META_FILE} is missing; restore it or prepare the data again"
+                f"{prepare_hint(self.data_dir)}"
+            )
 
     def num_tokens(self, split: str) -> int:
         return os.path.getsize(self.path(split)) // 2

@@ -135,7 +135,13 @@ def _from_pretrained(model_class: str, name_or_path: str, what_to_do: str, **opt
 
     try:
         return getattr(transformers, model_class).from_pretrained(name_or_path, **options)
-    except (OSError, ValueError) as err:  # OSError: missing files, no connection; ValueError: bad id
+    except Exception as err:
+        # OSError: missing files, no connection; ValueError: a bad id or config. A local folder's
+        # files are the user's, so any failure to parse them (UnpicklingError of a damaged
+        # pytorch_model.bin, SafetensorError, ...) is theirs to fix too; from the hub anything
+        # else stays a traceback
+        if not (os.path.isdir(name_or_path) or isinstance(err, (OSError, ValueError))):
+            raise
         message = str(err).strip()
         first = message.splitlines()[0][:160] if message else type(err).__name__
         raise UserError(f"could not load {name_or_path!r} ({first}); {what_to_do}") from None

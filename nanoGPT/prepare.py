@@ -21,9 +21,9 @@ import numpy as np
 
 from nanoGPT import hub
 from nanoGPT.atomic import atomic_write, destination, staged_files
-from nanoGPT.config import parse_value
+from nanoGPT.config import check_writable, parse_value
 from nanoGPT.data import is_data_file
-from nanoGPT.errors import UserError, cli
+from nanoGPT.errors import UserError, cli, resource_faults
 from nanoGPT.tokenizer import META_FILE, CharTokenizer, Tokenizer, gpt2_tokenizer
 
 TOKEN_DTYPE = np.uint16
@@ -223,7 +223,11 @@ def run_prepare(prepare: Callable[..., Any], argv: Sequence[str] | None = None) 
 
     @cli
     def main() -> None:
-        prepare(**parse_args(sys.argv[1:] if argv is None else argv, defaults))
+        options = parse_args(sys.argv[1:] if argv is None else argv, defaults)
+        if "out_dir" in options:  # a file or an impossible path: one line before any work
+            check_writable(options["out_dir"], "--out_dir")
+        with resource_faults("writing the data set", "then run it again (the data set before is intact)"):
+            prepare(**options)
 
     main()
 

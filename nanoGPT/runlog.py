@@ -3,6 +3,7 @@ lines), samples.txt, and optionally a wandb run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -14,6 +15,7 @@ import time
 from nanoGPT import checkpoint
 from nanoGPT.atomic import atomic_write_text
 from nanoGPT.config import TrainConfig
+from nanoGPT.errors import UserError, resource_faults
 
 
 class RunLog:
@@ -34,6 +36,10 @@ class RunLog:
         self.held: list = []  # what the run holds until it ends (its out_dir lock), closed by close()
 
     def _append(self, name: str, text: str) -> None:
+        with resource_faults(f"writing {name} in {self.dir}", "then rerun with init_from=auto"):
+            self._append_unchecked(name, text)
+
+    def _append_unchecked(self, name: str, text: str) -> None:
         if self.pending_header is not None:  # this process's first write: make the folder, head train.log
             os.makedirs(self.dir, exist_ok=True)
             header, self.pending_header = self.pending_header, None
@@ -53,7 +59,8 @@ class RunLog:
         """Append why the run ended (the console shows it already) to train.log, if this run
         wrote anything: a run refused before it began leaves no files."""
         if self.active and self.pending_header is None:
-            self._append("train.log", line + "\n")
+            with contextlib.suppress(UserError):  # a full disk: the console has the line
+                self._append("train.log", line + "\n")
 
     def warn(self, line: str) -> None:
         """A one-line warning on stderr and in train.log."""

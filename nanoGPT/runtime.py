@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -69,7 +70,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        # a rank that stops answering (frozen, stuck) ends the run after this, not after 30 min
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.collective_timeout_s))
     ptdtype = resolve_dtype(device, cfg.dtype)
     if not device.startswith("cuda"):
         ptdtype = torch.float32  # training: CPU autocast is slower than fp32 for these models

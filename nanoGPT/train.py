@@ -28,6 +28,7 @@ from nanoGPT import progressive
 from nanoGPT.augment import build_augmenter
 from nanoGPT.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from nanoGPT.checkpoint import (
+    check_model_settings,
     check_tokenizer,
     find_resume_checkpoint,
     list_checkpoints,
@@ -258,6 +259,7 @@ def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: i
         cfg_model = dataclasses.replace(cfg_model, kl_num_tokens=train_tokens)
     if ckpt is not None:
         saved = model_config_of(ckpt, expect_variant=cfg.variant)
+        check_model_settings(saved, cfg.model_args(), every_key=cfg.init_from == "auto")
         model = GPT(dataclasses.replace(saved, dropout=cfg.dropout))
         model.load_state_dict(ckpt["model"])
         return model, ckpt

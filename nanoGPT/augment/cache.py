@@ -332,6 +332,8 @@ def open_cache(cfg: TrainConfig, data_dir: str, device: str, with_log_probs: boo
     bin_path, json_path = cache_paths(data_dir, cache_name(cfg))
     rebuild = "build it with: python augment_cache.py <this run's config and --key=value options>"
     record = _read_json(json_path)
+    if record is None and os.path.lexists(json_path):  # there, but not a cache record: not "missing"
+        raise UserError(f"{json_path} is invalid or damaged (not a JSON cache record); {rebuild}")
     if record is None or not os.path.isfile(bin_path):
         raise UserError(f"augment_source=cache but {bin_path} (or its .json) is missing; {rebuild}")
     if record.get("format") != CACHE_FORMAT:
