@@ -44,3 +44,5 @@ class CompareConfig(TrainConfig):
     temperature: float = 0.8
     top_k: int = 0  # 0 = off
     sample_seed: int = 0
+    # probes of every run's trunk on the embedded plays (nanoGPT/compare/probes.py) beside an untrained one
+    probe_examples: int = 48  # items per split and task (~0.5-1 s of CPU per run); 0 = no probes

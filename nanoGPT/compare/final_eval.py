@@ -16,6 +16,7 @@ import torch
 from nanoGPT.atomic import atomic_write_json
 from nanoGPT.checkpoint import checkpoint_path, load_model
 from nanoGPT.compare.plan import Run, final_split
+from nanoGPT.compare.probes import checkpoint_probes
 from nanoGPT.compare.trunks import final_train_loss, inference_ms_per_token
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
@@ -46,6 +47,7 @@ class EvalSettings:
     temperature: float
     top_k: int
     sample_seed: int
+    probe_examples: int = 0  # embedded probe items per split and task (0 = no probes)
 
 
 @torch.no_grad()
@@ -181,6 +183,7 @@ def measure(run: Run, settings: EvalSettings, judge_path: str) -> dict:
     )  # fmt: skip
     metrics = accumulator.compute()
     metrics.update({k: v for k, v in ood.items() if k.startswith(OOD_KEYS)})
+    metrics.update(checkpoint_probes(model, tokenizer, rt, settings.probe_examples))
     samples = generate_samples(model, tokenizer, settings, rt)
     metrics["params"] = model.num_params()
     metrics["infer_ms_per_token"] = inference_ms_per_token(

@@ -13,6 +13,7 @@ from nanoGPT.compare.config import CompareConfig
 from nanoGPT.compare.document import ReportContext, draw_figures, write_report, write_samples_markdown
 from nanoGPT.compare.final_eval import EvalSettings, evaluate_run
 from nanoGPT.compare.plan import Run, parse_rows, plan_runs, teacher_run
+from nanoGPT.compare.probes import probe_section
 from nanoGPT.compare.report import format_difference, format_table, format_verdicts, summarize, verdicts
 from nanoGPT.compare.runs import build_run_cache, ensure_data, stage, train_or_reuse, training_seconds
 from nanoGPT.compare.schedule import Task, run_tasks
@@ -25,7 +26,7 @@ from nanoGPT.stats import WindowTable, paired_differences, significantly_best
 def eval_settings(cfg: CompareConfig) -> EvalSettings:
     return EvalSettings(
         cfg.final_eval_iters, cfg.block_size, cfg.batch_size, tuple(cfg.prompts.split("|")),
-        cfg.num_samples, cfg.sample_tokens, cfg.temperature, cfg.top_k, cfg.sample_seed,
+        cfg.num_samples, cfg.sample_tokens, cfg.temperature, cfg.top_k, cfg.sample_seed, cfg.probe_examples,
     )  # fmt: skip
 
 
@@ -142,6 +143,8 @@ def write_outputs(
         shown.update(summarize({"teacher (not a contestant)": {ctx.teacher.seed: teacher_result["metrics"]}}))
     # rows that differ in their trunk get a second table: what each trunk is and costs
     table = format_table(shown, decision["best"]) + trunk_section(ctx.runs, decision["summary"], ctx.split)
+    probes, probe_floor = probe_section(cfg, ctx.runs[0], shown)  # each row's probes beside the floor
+    table += probes
     figures = draw_figures(report_dir, ctx.runs, results, cfg)
     write_samples_markdown(os.path.join(report_dir, "samples.md"), results)
     ctx.wall_s = time.time() - started
@@ -162,6 +165,7 @@ def write_outputs(
             for label, against in decision["verdicts"].items()
         },
         "skipped_rows": list(ctx.skipped),
+        "probe_floor": probe_floor,
         "trunks": {run.label: describe(run.cfg) for run in ctx.runs},
         "runs": {
             label: {str(s): {k: v for k, v in r.items() if k != "windows"} for s, r in seeds.items()}

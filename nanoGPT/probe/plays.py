@@ -53,9 +53,9 @@ class Line(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1)
-def corpus_lines() -> tuple[tuple[Line, ...], int]:
-    """Every non-empty line of the plays (but each play's title line), and the offset where the
-    held-out text begins (shakespeare_splits' cut)."""
+def corpus_lines() -> tuple[tuple[Line, ...], int, str]:
+    """Every non-empty line of the plays (but each play's title line), the offset where the
+    held-out text begins (shakespeare_splits' cut), and the whole text."""
     text = shakespeare_text()
     plays = text.split("\n\n\n")  # shakespeare_text joins plays by two blank lines, never found inside one
     if len(plays) != len(PLAY_GENRES):
@@ -68,20 +68,28 @@ def corpus_lines() -> tuple[tuple[Line, ...], int]:
             offset += len(line) + 1
         offset += 2
     cut = len(text) - len(split_text(text, SHAKESPEARE_VAL_FRACTION)[1])
-    return tuple(lines), cut
+    return tuple(lines), cut, text
 
 
 def is_answer_line(line: str) -> bool:
     return len(line) >= MIN_ANSWER_CHARS and not line.endswith(":") and not line.isupper()
 
 
-def joined(lines: list[Line]) -> str:
-    return "\n".join(line.text for line in lines) + "\n"
+def verbatim(first: Line, last: Line) -> str:
+    """The text from the start of `first` to the end of `last` (the blank lines between kept),
+    with its newline: passages read exactly as the models read the plays."""
+    text = corpus_lines()[2]
+    return text[first.offset : last.offset + len(last.text) + 1]
+
+
+def up_to(first: Line, end: Line) -> str:
+    """The text from the start of `first` to the start of `end`: a context `end` continues."""
+    return corpus_lines()[2][first.offset : end.offset]
 
 
 def genre_task(examples: int, seed: int = 0) -> ClassificationTask:
     """`examples` passages for train and as many for test, balanced over the three kinds."""
-    lines, _ = corpus_lines()
+    lines = corpus_lines()[0]
     by_play: dict[int, list[int]] = {}
     for i, line in enumerate(lines):
         by_play.setdefault(line.play, []).append(i)
@@ -97,7 +105,9 @@ def genre_task(examples: int, seed: int = 0) -> ClassificationTask:
             for k in range(examples // len(GENRES)):
                 indices = by_play[plays[k % len(plays)]]
                 start = rng.randrange(len(indices) - PASSAGE_LINES)
-                split[test][0].append(joined([lines[j] for j in indices[start : start + PASSAGE_LINES]]))
+                split[test][0].append(
+                    verbatim(lines[indices[start]], lines[indices[start + PASSAGE_LINES - 1]])
+                )
                 split[test][1].append(genre)
     return ClassificationTask(
         "genre", GENRES, *split[False], *split[True],
@@ -105,14 +115,23 @@ def genre_task(examples: int, seed: int = 0) -> ClassificationTask:
     )  # fmt: skip
 
 
-def next_line_items(lines: tuple[Line, ...], count: int, rng: random.Random) -> list[Choice]:
-    """`count` items whose context, answer and distractors all lie in `lines` (one region)."""
+@functools.lru_cache(maxsize=2)
+def answer_lines(held_out: bool) -> tuple[list[int], dict[int, list[int]]]:
+    """Of a region's lines: those that can be answers after a context of the same play, and
+    every answer-like line of each play (the distractors' pool)."""
+    lines = regions()[held_out]
     by_play: dict[int, list[int]] = {}
     for i, line in enumerate(lines):
         if is_answer_line(line.text):
             by_play.setdefault(line.play, []).append(i)
-    starts = [i for i in range(CONTEXT_LINES, len(lines)) if is_answer_line(lines[i].text)]
-    starts = [i for i in starts if lines[i - CONTEXT_LINES].play == lines[i].play]
+    starts = [i for p in by_play.values() for i in p if i >= CONTEXT_LINES]
+    return sorted(i for i in starts if lines[i - CONTEXT_LINES].play == lines[i].play), by_play
+
+
+def next_line_items(held_out: bool, count: int, rng: random.Random) -> list[Choice]:
+    """`count` items whose context, answer and distractors all lie in one region."""
+    lines = regions()[held_out]
+    starts, by_play = answer_lines(held_out)
     items = []
     for i in sorted(rng.sample(starts, count)):
         near = range(i - CONTEXT_LINES, i + CHOICES + 1)  # nothing of the passage or just after it
@@ -120,21 +139,21 @@ def next_line_items(lines: tuple[Line, ...], count: int, rng: random.Random) -> 
         others = [lines[j].text for j in rng.sample(pool, CHOICES - 1)]
         answer = rng.randrange(CHOICES)
         others.insert(answer, lines[i].text)
-        items.append(Choice(joined(list(lines[i - CONTEXT_LINES : i])), tuple(others), answer))
+        items.append(Choice(up_to(lines[i - CONTEXT_LINES], lines[i]), tuple(others), answer))
     return items
 
 
+@functools.lru_cache(maxsize=1)
 def regions() -> tuple[tuple[Line, ...], tuple[Line, ...]]:
     """(training text, held-out text) lines: the same cut as every Shakespeare data set's."""
-    lines, cut = corpus_lines()
+    lines, cut, _ = corpus_lines()
     return tuple(x for x in lines if x.offset < cut), tuple(x for x in lines if x.offset >= cut)
 
 
 def next_line_task(examples: int, seed: int = 0) -> ChoiceTask:
-    train, held_out = regions()
     rng = random.Random(seed)
     return ChoiceTask(
-        "next_line", next_line_items(train, examples, rng), next_line_items(held_out, examples, rng),
+        "next_line", next_line_items(False, examples, rng), next_line_items(True, examples, rng),
         split="by position: train items from the first 90% of the corpus, test items from the held-out 10%",
     )  # fmt: skip
 
@@ -152,8 +171,8 @@ def continuation_task(examples: int, seed: int = 0) -> RetrievalTask:
     chosen = sorted(random.Random(seed).sample(windows, examples))
     return RetrievalTask(
         "continuation",
-        [joined(list(held_out[i : i + CONTEXT_LINES])) for i in chosen],
-        [joined(list(held_out[i + CONTEXT_LINES : i + size])) for i in chosen],
+        [up_to(held_out[i], held_out[i + CONTEXT_LINES]) for i in chosen],
+        [verbatim(held_out[i + CONTEXT_LINES], held_out[i + size - 1]) for i in chosen],
         [{k} for k in range(examples)],
         split="held-out text only (nothing is trained); windows disjoint",
     )
