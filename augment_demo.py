@@ -1,5 +1,6 @@
 """Show what the augmenter does to one sentence: the teacher's candidates for one target token,
-their probabilities and window perplexities, and which ones the filter keeps.
+their probabilities and window perplexities, which ones the filter keeps, and the sentences
+they make, through the augmenter's object API (DataAugmenter.augment and .substitutions).
 
     python augment_demo.py --teacher=gpt2 --text="The boy went to the [park] to play."
     python augment_demo.py --teacher=ckpt:out/baseline-shakespeare --augment_filter=prob
@@ -76,7 +77,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
             f"the text is {len(ids)} tokens, more than the teacher's context of {teacher.block_size}"
         )
     row = torch.tensor([ids], device=device)
-    augmenter = DataAugmenter(teacher, settings)
+    augmenter = DataAugmenter(teacher, settings, cfg.seed, tokenizer=tokenizer)
     proposal = augmenter.propose(row[:, :-1], row[:, 1:], np.array([[target - 1]]), score_windows=True)
     show = lambda token_ids: repr(tokenizer.decode(token_ids))
     print(f"teacher {teacher.name}, filter {settings.filter}, top {settings.k}")
@@ -107,6 +108,10 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
         )
     kept_tokens = [show([r["id"]]) for r in rows if r["kept"]]
     print(f"kept {len(kept_tokens)} of {settings.k}: {', '.join(kept_tokens)}")
+    # the object API: a (1, V) multi-hot target for token `target`, and the sentences it makes
+    multi_hot, index = augmenter.augment(row, target_indices=[target], do_filter=True)
+    for sentence in augmenter.substitutions(row, index, multi_hot)[0]:
+        print(f"  {sentence!r}")
     return rows
 
 

@@ -545,6 +545,10 @@ def test_demo_shows_candidates_and_scores(char_teacher, hf_folder, capsys):
     assert all(r["window_ppl"] > 1 for r in rows)
     out = capsys.readouterr().out
     assert "true next token 'l'" in out and "window ppl" in out
+    # the object API's sentences: one per kept candidate other than the true letter
+    made = [line.strip() for line in out.splitlines() if line.startswith("  'ROMEO")]
+    others = [r["token"] for r in rows if r["kept"] and r["token"] != "l"]
+    assert others and made == [repr(f"ROMEO:\nMy {c}ord, and more") for c in sorted(others)]
     rows = run_demo(DemoConfig(teacher=hf_folder, augment_k=3, device="cpu"))
     assert len(rows) == 3
     assert "'The boy went to the' -> true next token ' park'" in capsys.readouterr().out

@@ -1,14 +1,20 @@
 """The augmenter: a frozen teacher LM proposes further valid next tokens ("extra positives").
 
 After "The boy went to the" the data says " park", but " store" is valid too. For each chosen
-target position the teacher proposes its top-k next tokens and a validity filter keeps some:
+target position the teacher proposes k next tokens and a validity filter keeps some:
 
 Alignment. The target at position t is y[:, t], the token after x[:, t]. Its candidates come
 from the teacher's distribution after reading x[:, 0..t], i.e. the teacher's output at
 position t on input x, never the output at t-1 (that would propose x[:, t] itself).
 
+Candidates. The teacher's k most likely tokens (augment_sample_top_k=0, the default), or k
+distinct tokens drawn without replacement from its distribution cut to its augment_sample_top_k
+most likely tokens and their augment_sample_top_p nucleus (the source's "top-k sampling"),
+most likely first. The draws are a pure function of (seed, the target's offset in the split,
+the token), so online, a cache and a resumed run draw the same (teachers.sampled_candidates).
+
 Filters.
-  none        the top-k as they are.
+  none        the candidates as they are.
   prob        keep a candidate whose teacher probability is >= min_prob.
   perplexity  put the candidate in place of the true token and score the window around it
               with the teacher; keep it if that window's perplexity is < threshold.
@@ -33,7 +39,21 @@ candidate and everywhere outside the chosen positions. The true next token may a
 them (the loss deduplicates it) and is always a positive there anyway. With `with_log_probs`
 (for variants that declare `uses_teacher_probs`, such as distill) an ExtraTargets: those ids
 and the teacher's log-probability of each, float32, -inf at padding. The filters compute these
-log-probabilities anyway (the top-k's values), so they cost one more (B, T, K) scatter."""
+log-probabilities anyway (the top-k's values), so they cost one more (B, T, K) scatter.
+
+Object API (the source project's use, for a few sentences rather than training batches):
+
+    augmenter = DataAugmenter()          # GPT-2 through transformers; or "ckpt:out/run", a model
+    batch = augmenter.tokenizer(["The boy went to the park."], return_tensors="pt", padding=True)
+    multi_hot, target_indices = augmenter.augment(batch.input_ids, target_indices=[5], do_filter=True,
+                                                  attention_mask=batch.attention_mask)
+    augmenter.substitutions(batch.input_ids, target_indices, multi_hot, batch.attention_mask)
+    # e.g. [['The boy went to the area.', 'The boy went to the bench.', ...]]
+
+multi_hot is (B, V) bool: row b is true at the original token input_ids[b, i] of its target
+index i and at the candidates kept for it, proposed after reading tokens 0..i-1 (the source
+read tokens 0..i, an off-by-one that proposes the token after i). do_filter applies the filter
+(perplexity by default, the source's validity test); do_filter=False keeps every candidate."""
 
 from __future__ import annotations
 

@@ -79,6 +79,12 @@ class ModelTeacher(Teacher):
     can teach. Works offline and for character-level data."""
 
     def __init__(self, model: nn.Module, device: str, name: str = "a GPT model"):
+        target_offset = getattr(model.config, "target_offset", lambda: 1)()
+        if target_offset != 1:
+            raise UserError(
+                f"teacher {name} predicts the token {target_offset} ahead (predict_ahead), "
+                "not the next one: a teacher must be a next-token model"
+            )
         self.model = _freeze(model, device)
         self.name = name
         self.vocab_size = model.config.vocab_size
