@@ -54,7 +54,7 @@ def true_ids(row: torch.Tensor) -> set[int]:
 
 def test_augment_marks_the_original_token_and_the_teachers_top_k(gpt2_augmenter, hf_gpt2_folder):
     augmenter = gpt2_augmenter
-    encoded = augmenter.tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    encoded = augmenter.tokenizer(SENTENCES, return_tensors="pt", padding=True).to("cpu")
     ids, mask = encoded["input_ids"], encoded.attention_mask
     assert mask[1].tolist() == [1] * 5 + [0] * (ids.size(1) - 5)  # padded on the right
     multi_hot, index = augmenter.augment(ids, target_indices=[5, 4], do_filter=False, attention_mask=mask)

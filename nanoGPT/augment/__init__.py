@@ -4,6 +4,9 @@ teacher's probabilities, into soft targets for distill).
 Online (augment_source=online): nanoGPT/augment/augmenter.py runs the teacher on every
 batch. From a cache (augment_source=cache): nanoGPT/augment/cache.py reads what augment_cache.py
 computed once over train.bin.
+
+As a library object (the source project's API): DataAugmenter() with .tokenizer, .augment and
+.substitutions, see nanoGPT/augment/augmenter.py ("Object API").
 """
 
 from __future__ import annotations

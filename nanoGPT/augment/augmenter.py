@@ -390,6 +390,10 @@ class Encoding(dict):
         except KeyError:
             raise AttributeError(name) from None
 
+    def to(self, device: str | torch.device) -> Encoding:
+        """The tensors moved to `device`, as a Hugging Face BatchEncoding's .to() does."""
+        return Encoding({key: value.to(device) for key, value in self.items()})
+
 
 class BatchTokenizer:
     """A nanoGPT Tokenizer called as a Hugging Face one: tokenizer(sentences,
