@@ -42,6 +42,8 @@ class Variant(nn.Module):
     bayesian: ClassVar[bool] = False  # evaluate() reports predictive/expected entropy
     uses_extra_positives: ClassVar[bool] = False  # trains on the augmenter's targets (multi-hot...)
     uses_teacher_probs: ClassVar[bool] = False  # ...with the teacher's probabilities (ExtraTargets)
+    # log_probs is log_softmax(lm_head(hidden)): exports as a transformers causal LM (nanoGPT/export.py)
+    softmax_head: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
