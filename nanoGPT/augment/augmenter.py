@@ -128,17 +128,18 @@ class DataAugmenter:
     `with_log_probs`, ExtraTargets(those ids, their teacher log-probs)); for a user, the object
     API of the source project (module docstring, "Object API").
 
-    `teacher`: a Teacher, or what open_teacher takes: "gpt2" (the default, through transformers
-    from the local Hugging Face cache or the hub), a local HF folder, ckpt:<out_dir>, a GPT of
-    this framework or a transformers causal LM. `device` places a teacher loaded here ("auto":
-    CUDA when there is one). `settings` (default AugmentSettings(): TrainConfig's augment_*
-    defaults) with keyword `options` replacing some of them, e.g. k=10, filter="prob",
-    sample_top_k=40. `tokenizer`: the teacher's vocabulary as a nanoGPT Tokenizer, needed only
-    where it cannot be told (a model of another vocabulary than GPT-2's or a checkpoint's)."""
+    `teacher`: a Teacher, or what open_teacher takes: "gpt2" (the default: settings.teacher,
+    through transformers from the local Hugging Face cache or the hub), a local HF folder,
+    ckpt:<out_dir>, a GPT of this framework or a transformers causal LM. `device` places a
+    teacher loaded here ("auto": CUDA when there is one). `settings` (default AugmentSettings():
+    TrainConfig's augment_* defaults) with keyword `options` replacing some of them, e.g. k=10,
+    filter="prob", sample_top_k=40. `tokenizer`: the teacher's vocabulary as a nanoGPT
+    Tokenizer, needed only where it cannot be told (a model of another vocabulary than GPT-2's
+    or a checkpoint's)."""
 
     def __init__(
         self,
-        teacher: Teacher | str | torch.nn.Module = "gpt2",
+        teacher: Teacher | str | torch.nn.Module | None = None,
         settings: AugmentSettings | None = None,
         seed: int = 0,
         with_log_probs: bool = False,
@@ -148,6 +149,9 @@ class DataAugmenter:
         **options: Any,
     ):
         settings = with_options(settings or AugmentSettings(), options)
+        if isinstance(teacher, str):  # the settings name the teacher they are used with
+            settings = dataclasses.replace(settings, teacher=teacher)
+        teacher = settings.teacher if teacher is None else teacher
         settings.validate()
         if not isinstance(teacher, Teacher):
             teacher = open_teacher(teacher, resolve_device(device))
