@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -378,8 +378,9 @@ def check_target_offset(cfg: TrainConfig) -> None:
     rt = setup_runtime(cfg)
     log = RunLog(cfg, rt.master)
     try:
-        training, state = setup(cfg, rt, log)
-        return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
+        with collective_timeouts(cfg, rt):
+            training, state = setup(cfg, rt, log)
+            return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
     except (UserError, KeyboardInterrupt) as err:  # the console gets it from cli(); the log keeps it
         log.ended(f"error: {err}" if isinstance(err, UserError) else "interrupted")
         raise
@@ -387,6 +388,22 @@ def check_target_offset(cfg: TrainConfig) -> None:
         log.close()
         if rt.ddp and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def collective_timeouts(cfg: TrainConfig, rt: Runtime) -> Iterator[None]:
+    """A collective that waited past collective_timeout_s for another rank (stopped, frozen or
+    stuck) as one UserError line: gloo raises a RuntimeError saying it timed out."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not (rt.ddp and "timed out" in str(err).lower()):
+            raise
+        raise UserError(
+            f"rank {rt.rank}: another process did not answer within collective_timeout_s="
+            f"{cfg.collective_timeout_s:g} s (it stopped, froze or is stuck); rerun with init_from=auto "
+            "to resume from the last checkpoint"
+        ) from None
 
 
 def enter_stage(training: Training, state: RunState) -> None:
