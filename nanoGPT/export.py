@@ -51,9 +51,10 @@ def check_exportable(model: GPT) -> str:
         raise UserError(f"variant {cfg.variant!r} cannot be exported to transformers: {problem}")
     if cfg.arch != "gpt":
         raise UserError(f"arch={cfg.arch} has no transformers equivalent: only arch=gpt exports")
-    if cfg.progressive_group and model.stage < 3:
+    if cfg.target_offset() != 1:
         raise UserError(
-            f"progressive stage {model.stage} shares blocks between layers: export a stage-3 checkpoint"
+            f"this model predicts the token {cfg.target_offset()} positions ahead (predict_ahead): "
+            "a transformers causal LM predicts the next one"
         )
     trunk = (cfg.norm, cfg.mlp, cfg.pos_emb)
     if trunk == GPT2_TRUNK:
@@ -80,6 +81,17 @@ def _weight_and_bias(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor
     return layer.weight, bias
 
 
+def attention_projection(attn: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of an attention projection as it computes: W + (alpha / rank) B A while
+    its LoRA adapters are active (progressive diverging), so a checkpoint of any stage exports
+    (layer_blocks() repeats a block that layers share)."""
+    weight, bias = _weight_and_bias(getattr(attn, name))
+    if attn.lora_active:
+        lora_a, lora_b = getattr(attn, f"{name}_lora_a"), getattr(attn, f"{name}_lora_b")
+        weight = weight + attn.lora_scale * lora_b @ lora_a
+    return weight, bias
+
+
 def gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
     """GPT2LMHeadModel's state dict: the same names, Conv1D weights (in, out), zero biases
     where the trunk has none (bias=False)."""
@@ -95,13 +107,12 @@ def gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
         prefix = f"transformer.h.{i}"
         for name, norm in (("ln_1", block.ln_1), ("ln_2", block.ln_2)):
             state[f"{prefix}.{name}.weight"], state[f"{prefix}.{name}.bias"] = _weight_and_bias(norm)
-        for name, layer in (
-            ("attn.c_attn", block.attn.c_attn),
-            ("attn.c_proj", block.attn.c_proj),
-            ("mlp.c_fc", block.mlp.c_fc),
-            ("mlp.c_proj", block.mlp.c_proj),
+        for name, (weight, bias) in (
+            ("attn.c_attn", attention_projection(block.attn, "c_attn")),
+            ("attn.c_proj", attention_projection(block.attn, "c_proj")),
+            ("mlp.c_fc", _weight_and_bias(block.mlp.c_fc)),
+            ("mlp.c_proj", _weight_and_bias(block.mlp.c_proj)),
         ):
-            weight, bias = _weight_and_bias(layer)
             state[f"{prefix}.{name}.weight"], state[f"{prefix}.{name}.bias"] = weight.t(), bias
     return state
 
@@ -119,19 +130,21 @@ def llama_state(model: GPT) -> dict[str, torch.Tensor]:
         prefix = f"model.layers.{i}"
         state[f"{prefix}.input_layernorm.weight"] = block.ln_1.weight
         state[f"{prefix}.post_attention_layernorm.weight"] = block.ln_2.weight
+        qkv, out = attention_projection(block.attn, "c_attn"), attention_projection(block.attn, "c_proj")
+        gate_up, down = _weight_and_bias(block.mlp.c_fc), _weight_and_bias(block.mlp.c_proj)
         parts = {
-            "self_attn.q_proj": (block.attn.c_attn, 0, 3),
-            "self_attn.k_proj": (block.attn.c_attn, 1, 3),
-            "self_attn.v_proj": (block.attn.c_attn, 2, 3),
-            "self_attn.o_proj": (block.attn.c_proj, 0, 1),
-            "mlp.gate_proj": (block.mlp.c_fc, 0, 2),
-            "mlp.up_proj": (block.mlp.c_fc, 1, 2),
-            "mlp.down_proj": (block.mlp.c_proj, 0, 1),
+            "self_attn.q_proj": (qkv, 0, 3),
+            "self_attn.k_proj": (qkv, 1, 3),
+            "self_attn.v_proj": (qkv, 2, 3),
+            "self_attn.o_proj": (out, 0, 1),
+            "mlp.gate_proj": (gate_up, 0, 2),
+            "mlp.up_proj": (gate_up, 1, 2),
+            "mlp.down_proj": (down, 0, 1),
         }
-        for name, (layer, index, count) in parts.items():
-            state[f"{prefix}.{name}.weight"] = layer.weight.chunk(count, dim=0)[index]
+        for name, ((weight, layer_bias), index, count) in parts.items():
+            state[f"{prefix}.{name}.weight"] = weight.chunk(count, dim=0)[index]
             if bias:
-                state[f"{prefix}.{name}.bias"] = layer.bias.chunk(count, dim=0)[index]
+                state[f"{prefix}.{name}.bias"] = layer_bias.chunk(count, dim=0)[index]
     return state
 
 

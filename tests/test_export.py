@@ -22,11 +22,12 @@ LLAMA = dict(norm="rmsnorm", mlp="swiglu", pos_emb="rope", rope_theta=500.0)
 TEXT = "ROMEO: But soft, what light through yonder window breaks?"
 
 
-def perturbed(config: ModelConfig) -> GPT:
-    """A model whose norms and biases are not at their init (1 and 0), so that a weight
-    mapped to the wrong place changes the logits."""
+def perturbed(config: ModelConfig, stage: int = 3) -> GPT:
+    """A model whose norms, biases and LoRA adapters are not at their init (1 and 0), so that
+    a weight mapped to the wrong place changes the logits."""
     torch.manual_seed(0)
     model = GPT(config).eval()
+    model.set_progressive_stage(stage)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -51,6 +52,11 @@ CASES = {
     "gpt2-untied-nobias": dict(variant="baseline_untied", bias=False),
     "llama": dict(LLAMA, bias=False),
     "llama-bias-smooth": dict(LLAMA, bias=True, variant="smooth"),
+    # layers sharing blocks, attention through LoRA adapters: exported as they compute
+    "gpt2-progressive-stage2": dict(progressive_group=2, stage=2),
+    "llama-progressive-stage3-lora": dict(
+        LLAMA, bias=False, progressive_group=2, progressive_stage3_lora=True, stage=3
+    ),
 }
 
 
@@ -61,7 +67,9 @@ def chars() -> CharTokenizer:
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_reloaded_export_gives_the_framework_logits(case, chars, tmp_path):
-    model = perturbed(dataclasses.replace(TINY, vocab_size=chars.vocab_size, **CASES[case]))
+    options = dict(CASES[case])
+    stage = options.pop("stage", 3)
+    model = perturbed(dataclasses.replace(TINY, vocab_size=chars.vocab_size, **options), stage)
     lines = export(model, None, str(tmp_path))
     idx = torch.tensor([chars.encode(TEXT[:24]), chars.encode(TEXT[-24:])])
     assert torch.allclose(reloaded_logits(str(tmp_path), idx), our_logits(model, idx), atol=1e-5)
@@ -113,6 +121,7 @@ def test_export_script_writes_a_gpt2_folder_with_its_bpe_tokenizer(bpe_data, tmp
         (dict(variant="baseline_bias"), "adds a bias to the logits"),
         (dict(norm="rmsnorm"), "norm=rmsnorm, mlp=gelu, pos_emb=learned has no transformers model"),
         (dict(arch="conv", n_layer=3), "arch=conv has no transformers equivalent"),
+        (dict(predict_ahead=4), "predicts the token 4 positions ahead"),
     ],
 )
 def test_what_transformers_cannot_represent_is_refused_in_one_line(overrides, message, tmp_path):
