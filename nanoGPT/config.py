@@ -152,7 +152,9 @@ class TrainConfig(ModelConfig):
     min_lr: float = 6e-5
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
+    # auto | float32 | bfloat16 | float16 (CUDA only). auto: bf16 on CUDA; on a CPU, bf16 where it
+    # has bf16 matrix units (AMX, AVX-512 BF16) and the model is large (runtime.py), else fp32
+    dtype: str = "auto"
     compile: bool = False
     backend: str = "auto"  # DDP backend: auto = nccl on CUDA, gloo on CPU
     # DDP: a collective (all-reduce, barrier, ...) that waits longer than this for another rank

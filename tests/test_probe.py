@@ -163,3 +163,29 @@ def test_compare_reports_every_rows_probes_beside_the_floor(small_data, tmp_path
         assert 0 <= metrics["zero_shot_sum"] <= 1 and 0 <= metrics["probe_genre"] <= 1, row
     assert set(output["probe_floor"]) == set(output["summary"]["baseline"]) & set(output["probe_floor"])
     assert 0 <= output["probe_floor"]["retrieval_mrr"] <= 1
+
+
+@pytest.fixture(scope="module")
+def hf_encoder_folder(tmp_path_factory) -> str:
+    """A tiny randomly initialised DistilBERT and a word-piece vocabulary, saved with
+    save_pretrained: what --init_from=distilbert-base-uncased loads, without the hub."""
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("hf_encoder")
+    words = "the and i you my of to a in that is not with me it for his be this your he but have".split()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    DistilBertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=5 + len(words), dim=32, hidden_dim=64, n_layers=1, n_heads=2)
+    DistilBertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_probe_cli_reads_hugging_face_encoders_and_gpt2(hf_encoder_folder, hf_gpt2_folder):
+    encoder = probe.main([f"--init_from={hf_encoder_folder}", "--examples=12", "--device=cpu"])
+    assert "genre/logreg/cls" in encoder["genre"]["results"]
+    assert "next_line/ranker/cls" in encoder["next_line"]["results"]
+    assert "next_line/zero_shot_sum" not in encoder["next_line"]["results"]  # an encoder has no predictive
+    gpt2 = probe.main([f"--init_from={hf_gpt2_folder}", "--examples=12", "--tasks=next_line", "--device=cpu"])
+    assert 0 <= gpt2["next_line"]["results"]["next_line/zero_shot_mean"] <= 1
