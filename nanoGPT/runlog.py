@@ -36,6 +36,7 @@ class RunLog:
         self.held: list = []  # what the run holds until it ends (its out_dir lock), closed by close()
 
     def _append(self, name: str, text: str) -> None:
+        # a full disk (or a file-size limit) while logging: one line, the checkpoints are intact
         with resource_faults(f"writing {name} in {self.dir}", "then rerun with init_from=auto"):
             self._append_unchecked(name, text)
 
@@ -103,6 +104,10 @@ class RunLog:
         """
         if not self.active:
             return
+        with resource_faults(f"trimming the logs in {self.dir}", "then rerun with init_from=auto"):
+            self._keep_through(iter_num)
+
+    def _keep_through(self, iter_num: int) -> None:
         metrics_path = os.path.join(self.dir, "metrics.jsonl")
         if os.path.exists(metrics_path):
             kept = []
