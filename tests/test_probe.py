@@ -86,19 +86,24 @@ def test_embedded_tasks_are_deterministic_and_train_and_test_disjoint():
     assert all(q + d in held_out for q, d in zip(retrieval.queries, retrieval.documents))
 
 
-def test_zero_shot_scores_are_the_direct_sum_of_the_variants_log_probs():
+# a sigmoid head on the GPT trunk; the conv trunk predicting 2 tokens ahead (its look-ahead)
+@pytest.mark.parametrize(
+    "trunk", [dict(variant="sigmoid"), dict(arch="conv", n_layer=3, conv_factor=2, predict_ahead=0)]
+)
+def test_zero_shot_scores_are_the_direct_sum_of_the_variants_log_probs(trunk):
     tokenizer = CharTokenizer.from_text(corpus_lines()[2])
     torch.manual_seed(0)
     config = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tokenizer.vocab_size)
-    model = GPT(dataclasses.replace(config, variant="sigmoid")).eval()
+    model = GPT(dataclasses.replace(config, **trunk)).eval()
+    ahead = model.config.target_offset()
     item = Choice("ROMEO:\nBut soft, what light\n", ("through yonder window breaks?", "is the east"), 0)
-    scored = GPTFeatures(model, tokenizer, batch_tokens=40).choices([item])
+    scored = GPTFeatures(model, tokenizer).choices([item])  # both choices in one padded batch
     for j, choice in enumerate(item.choices):
         context, ids = tokenizer.encode(item.context), tokenizer.encode(choice)
         idx = torch.tensor([context + ids])
         with torch.no_grad():
-            log_probs = model.variant.log_probs(model.hidden_states(idx)[0, :-1])
-        direct = sum(log_probs[len(context) - 1 + k, t].item() for k, t in enumerate(ids))
+            log_probs = model.variant.log_probs(model.hidden_states(idx)[0])
+        direct = sum(log_probs[len(context) + k - ahead, t].item() for k, t in enumerate(ids))
         assert scored.log_prob[0, j].item() == pytest.approx(direct, rel=1e-5)
         assert scored.count[0, j] == len(ids)
         assert scored.features["last"].shape == (1, 2, 32)

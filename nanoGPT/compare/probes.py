@@ -66,7 +66,7 @@ def probe_section(cfg: CompareConfig, run: Run, shown: Mapping[str, Mapping]) ->
     text = (
         f"\n\n## Probes\n\nWhat the trunk's hidden states know beyond the next token, on the embedded plays "
         f"({cfg.probe_examples} items per split and task; probe train and test never share text: genre split "
-        f"by play, next line and continuation by position, nanoGPT/probe/plays.py). The floor is the same "
-        f"architecture untrained.\n\n{format_table(rows, {}, PROBE_COLUMNS)}\n\n{legend}"
+        f"by play, next line and continuation by position, nanoGPT/probe/plays.py). The floor: the first "
+        f"row's architecture, untrained.\n\n{format_table(rows, {}, PROBE_COLUMNS)}\n\n{legend}"
     )
     return text, floor

@@ -5,7 +5,9 @@ over context + choice also gives the choice's log-probability under the variant'
 normalised predictive (`log_probs`), for zero-shot scoring the lm-evaluation-harness way.
 
 A sequence longer than the model's block keeps its last block_size tokens (the end is what
-"last" pools and what the choice is scored on)."""
+"last" pools and what the choice is scored on). A model trained to predict further ahead
+(predict_ahead, the conv trunk's look-ahead) scores each choice token from the output that
+predicts it."""
 
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ class GPTFeatures:
         block = self.model.config.block_size
         cut = [max(0, len(s) - block) for s in sequences]
         sequences = [s[c:] for s, c in zip(sequences, cut)]
-        starts = [max(1, f - c) for f, c in zip(score_from, cut)] if score_from else None
+        ahead = self.model.config.target_offset()  # output t predicts token t + ahead (1: the next)
+        starts = [max(ahead, f - c) for f, c in zip(score_from, cut)] if score_from else None
         n, d = len(sequences), self.model.config.n_embd
         out = Pass({p: torch.zeros(n, d) for p in self.poolings})
         if starts is not None:
@@ -97,12 +100,13 @@ class GPTFeatures:
             out.features[pooling][group] = value.cpu()
         if starts is None:
             return
-        # output t predicts token t + 1: score outputs start - 1 .. length - 2
-        positions = torch.arange(idx.size(1) - 1, device=self.device)[None]
-        begin = torch.tensor(starts, device=self.device)[:, None] - 1
-        scored = (positions >= begin) & (positions < lengths[:, None] - 1)
-        log_probs = self.model.variant.log_probs(hidden[:, :-1][scored]).float()
-        token_lp = log_probs.gather(-1, idx[:, 1:][scored][:, None]).squeeze(-1)
+        # output t predicts token t + ahead: score outputs start - ahead .. length - 1 - ahead
+        ahead = self.model.config.target_offset()
+        positions = torch.arange(idx.size(1) - ahead, device=self.device)[None]
+        begin = torch.tensor(starts, device=self.device)[:, None] - ahead
+        scored = (positions >= begin) & (positions < lengths[:, None] - ahead)
+        log_probs = self.model.variant.log_probs(hidden[:, : idx.size(1) - ahead][scored]).float()
+        token_lp = log_probs.gather(-1, idx[:, ahead:][scored][:, None]).squeeze(-1)
         rows = torch.arange(len(seqs), device=self.device)[:, None].expand_as(scored)[scored]
         out.log_prob[group] = torch.zeros(len(seqs), device=self.device).index_add(0, rows, token_lp).cpu()
         out.count[group] = scored.sum(1).float().cpu()
