@@ -484,10 +484,19 @@ def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> 
     return config
 
 
-# ModelConfig keys a resumed run may set anew: dropout acts in training only, the vocabulary comes
-# from the data (check_tokenizer compares it), the variant is checked by model_config_of, and
-# loss_chunk_size only chooses how the same loss is computed
-RESUME_MAY_CHANGE = ("dropout", "vocab_size", "variant", "loss_chunk_size")
+# ModelConfig keys that say how a run uses the model, not what the model is: a resumed model
+# takes them from the run (dropout acts in training only, bayes_samples sets how many weight
+# samples evaluation averages, loss_chunk_size how the same loss is computed)
+RUN_SETTINGS = ("dropout", "bayes_samples", "loss_chunk_size")
+# ...and the keys a resume does not compare: those, the vocabulary (from the data, compared by
+# check_tokenizer) and the variant (compared by model_config_of)
+RESUME_MAY_CHANGE = (*RUN_SETTINGS, "vocab_size", "variant")
+
+
+def resumed_model_config(saved: ModelConfig, given: ModelConfig) -> ModelConfig:
+    """The config a resumed model is built with: the checkpoint's, with the run's RUN_SETTINGS."""
+    run = {key: getattr(given, key) for key in RUN_SETTINGS if hasattr(given, key)}
+    return dataclasses.replace(saved, **run)
 
 
 def check_model_settings(saved: ModelConfig, given: ModelConfig, every_key: bool) -> None:

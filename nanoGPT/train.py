@@ -36,6 +36,7 @@ from nanoGPT.checkpoint import (
     model_config_of,
     numbered_checkpoint_path,
     remove_temp_files,
+    resumed_model_config,
     save_checkpoint,
     tokenizer_record,
 )
@@ -260,7 +261,7 @@ def create_model(cfg: TrainConfig, rt: Runtime, vocab_size: int, train_tokens: i
     if ckpt is not None:
         saved = model_config_of(ckpt, expect_variant=cfg.variant)
         check_model_settings(saved, cfg.model_args(), every_key=cfg.init_from == "auto")
-        model = GPT(dataclasses.replace(saved, dropout=cfg.dropout))
+        model = GPT(resumed_model_config(saved, cfg.model_args()))
         model.load_state_dict(ckpt["model"])
         return model, ckpt
     if cfg.init_from in ("scratch", "auto"):

@@ -225,7 +225,7 @@ def test_resume_with_only_non_finite_weights_is_one_line(two_saves, tmp_path):
         ("auto", {"label_smoothing": 0.2}, "label_smoothing 0.05 -> 0.2"),
         ("resume", {"block_size": 16}, "block_size 32 -> 16"),
         # not model settings: the run goes on
-        ("auto", {"dropout": 0.1, "batch_size": 4, "learning_rate": 1e-3}, None),
+        ("auto", {"dropout": 0.1, "bayes_samples": 2, "batch_size": 4, "learning_rate": 1e-3}, None),
         # init_from=resume takes the model from the checkpoint: settings left at their default count not
         ("resume", {"n_layer": ModelConfig.n_layer, "n_embd": ModelConfig.n_embd}, None),
     ],
@@ -236,7 +236,10 @@ def test_resuming_other_model_settings_is_refused_listing_them(
     cfg = copy_of(two_saves, tmp_path, init_from=init_from, max_iters=6, **changes)
     if refused is None:
         train(cfg)
-        assert load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["iter_num"] == 6
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        assert ckpt["iter_num"] == 6
+        # the settings of how the run uses the model are the run's, not the checkpoint's
+        assert all(ckpt["model_args"][k] == changes[k] for k in checkpoint.RUN_SETTINGS if k in changes)
         return
     with pytest.raises(UserError, match="other model settings") as err:
         train(cfg)
