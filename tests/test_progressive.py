@@ -86,7 +86,9 @@ def test_a_model_without_progressive_diverging_logs_no_stage(char_data, tmp_path
 
 @pytest.mark.slow
 def test_resume_across_the_lora_stage3_switch_equals_an_uninterrupted_run(char_data, tmp_path):
-    straight = tiny_config(char_data, tmp_path / "a", **dict(STAGED, max_iters=10, eval_interval=3))
+    # the schedules refer to 10 iterations in both runs, not to the first run's max_iters
+    fixed = dict(max_iters=10, eval_interval=3, progressive_iters=10, lr_decay_iters=10)
+    straight = tiny_config(char_data, tmp_path / "a", **dict(STAGED, **fixed))
     train(straight)
     half = dataclasses.replace(straight, out_dir=str(tmp_path / "b" / "out"), max_iters=3)
     train(half)  # stops in stage 2; the resumed run makes the switch (and drops the moments)
