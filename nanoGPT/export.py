@@ -14,7 +14,6 @@ logits, which neither GPT-2 nor LLaMA heads have): those are refused in one line
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -210,16 +209,17 @@ def hf_tokenizer(tokenizer: Tokenizer) -> tuple[Any | None, str]:
 
 
 def gpt2_fast_tokenizer() -> Any:
-    """GPT2TokenizerFast from the two files tiktoken's GPT-2 encoding is built from here (offline)."""
+    """GPT2TokenizerFast from the two files tiktoken's GPT-2 encoding is built from here
+    (offline): byte-level BPE, as GPT-2's own tokenizer.json."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
     merges_file, vocab_file = _gpt2_data_files()
-    with open(vocab_file, encoding="utf-8") as f:
-        vocab = json.load(f)
-    with open(merges_file, encoding="utf-8") as f:
-        merges = [
-            tuple(line.split(" ")) for line in f.read().split("\n")[1:] if line
-        ]  # after the version line
+    rust = RustTokenizer(models.BPE.from_file(vocab_file, merges_file))
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    rust.decoder = decoders.ByteLevel()
     return _transformers().GPT2TokenizerFast(
-        vocab=vocab, merges=merges, bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT
+        tokenizer_object=rust, bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT
     )
 
 

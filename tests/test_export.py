@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import export as export_script  # the root script (pytest puts the repo root on sys.path)
-from nanoGPT.checkpoint import checkpoint_path, load_model
+from nanoGPT.checkpoint import checkpoint_path, checkpoint_tokenizer, load_model
 from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.export import export, hf_tokenizer
@@ -87,27 +87,37 @@ def test_a_character_vocabulary_exports_as_a_tokenizer(chars, tmp_path):
     assert line == f"tokenizer: {chars.vocab_size} characters (one id each)"
 
 
-def test_export_script_writes_a_gpt2_folder_with_its_bpe_tokenizer(bpe_data, tmp_path, capsys):
+def test_export_script_writes_a_folder_that_reloads_with_its_tokenizer(char_data, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nanoGPT.train import train
 
-    cfg = tiny_config(bpe_data, tmp_path, max_iters=2, eval_interval=2, block_size=24)
+    cfg = tiny_config(char_data, tmp_path, max_iters=2, eval_interval=2, block_size=24, **LLAMA)
     train(cfg)
     folder = str(tmp_path / "hf")
     export_script.main([f"--out_dir={cfg.out_dir}", f"--export_dir={folder}"])
     assert f"to {folder}" in capsys.readouterr().out
-    model, _ = load_model(checkpoint_path(cfg.out_dir, "last"), "cpu")
-    hf_tokenizer, ours = AutoTokenizer.from_pretrained(folder), gpt2_tokenizer()
-    text = TEXT + " <|endoftext|> Juliet's  ¿naïve?  "
-    assert hf_tokenizer.encode(text) == ours.encode(text)
-    idx = torch.tensor([ours.encode(TEXT)[:12]])
+    model, ckpt = load_model(checkpoint_path(cfg.out_dir, "last"), "cpu")
+    chars = checkpoint_tokenizer(ckpt)
+    assert AutoTokenizer.from_pretrained(folder).encode(TEXT) == chars.encode(TEXT)
+    idx = torch.tensor([chars.encode(TEXT)[:12]])
     assert torch.allclose(reloaded_logits(folder, idx), our_logits(model, idx), atol=1e-5)
     # greedy continuation: the same tokens from transformers' generate() and ours
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
-    assert hf.generation_config.eos_token_id == ours.eot_id
     expected = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=8, do_sample=False)
-    assert torch.equal(generate(model, idx, 8, greedy=True, eos_token_id=ours.eot_id), expected)
+    assert torch.equal(generate(model, idx, 8, greedy=True), expected)
+
+
+def test_the_gpt2_bpe_tokenizer_exports_offline(tmp_path):
+    from transformers import AutoTokenizer
+
+    fast, line = hf_tokenizer(gpt2_tokenizer())
+    fast.save_pretrained(str(tmp_path))
+    reloaded, ours = AutoTokenizer.from_pretrained(str(tmp_path)), gpt2_tokenizer()
+    text = TEXT + " <|endoftext|> Juliet's  ¿naïve?\n\n  "
+    assert reloaded.encode(text) == ours.encode(text)
+    assert reloaded.decode(ours.encode(text)) == text
+    assert reloaded.eos_token_id == ours.eot_id and line == "tokenizer: GPT-2 BPE (GPT2TokenizerFast)"
 
 
 @pytest.mark.parametrize(
