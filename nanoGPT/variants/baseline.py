@@ -15,8 +15,8 @@ from nanoGPT.variants.base import Stats, Variant
 class Baseline(Variant):
     name = "baseline"
 
-    def loss(self, hidden, targets, extra_positives=None) -> tuple[torch.Tensor, Stats]:
-        return softmax_cross_entropy(self.logits(hidden), targets).mean(), {}
+    def logits_loss_sum(self, logits, targets, extra) -> tuple[torch.Tensor, Stats]:
+        return softmax_cross_entropy(logits, targets).sum(), {}
 
     def log_probs(self, hidden, samples=None) -> torch.Tensor:
         return F.log_softmax(self.logits(hidden), dim=-1)

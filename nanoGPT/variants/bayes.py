@@ -65,10 +65,25 @@ def local_reparameterised_logits(
     linear layer: an independent weight sample for every token and sample (local
     reparameterisation). Draws exactly one torch.randn of the output's shape, so a fixed seed
     reproduces the noise."""
+    return local_logits_from_variances(
+        hidden, weight_mu, weight_sigma.square(), bias_mu, bias_sigma.square(), num_samples
+    )
+
+
+def local_logits_from_variances(
+    hidden: torch.Tensor,
+    weight_mu: torch.Tensor,
+    weight_var: torch.Tensor,
+    bias_mu: torch.Tensor,
+    bias_var: torch.Tensor,
+    num_samples: int | None = None,
+) -> torch.Tensor:
+    """local_reparameterised_logits from the posterior's variances (squared once per step when
+    the training loss runs over chunks of positions)."""
     mean = F.linear(hidden, weight_mu, bias_mu).float()
     # in place where autograd allows it (no backward needs these outputs): two V-sized
     # buffers fewer
-    std = F.linear(hidden.square(), weight_sigma.square(), bias_sigma.square()).float().sqrt_()
+    std = F.linear(hidden.square(), weight_var, bias_var).float().sqrt_()
     if num_samples is None:
         eps = torch.randn_like(mean)
         return mean.addcmul_(std, eps)
@@ -222,11 +237,16 @@ class Bayes(Variant):
             )
         return num_tokens
 
-    def data_losses(
-        self, logits: torch.Tensor, targets: torch.Tensor, extra_positives: torch.Tensor | None
-    ) -> tuple[torch.Tensor, Stats]:
-        """The data term of the ELBO on one set of sampled logits, per position (N,)."""
-        return softmax_cross_entropy(logits, targets), {}
+    def logits_loss_sum(self, logits, targets, extra) -> tuple[torch.Tensor, Stats]:
+        """The data term of the ELBO on one set of sampled logits, summed over positions."""
+        return softmax_cross_entropy(logits, targets).sum(), {}
+
+    def head_logits(self, hidden: torch.Tensor, head: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Sampled logits: of the step's one weight sample (weight estimator) or, from the
+        posterior's means and variances, a sample per token (local estimator)."""
+        if self.config.bayes_estimator == "weight":
+            return super().head_logits(hidden, head)
+        return local_logits_from_variances(hidden, *head)
 
     def observe(self, logits: torch.Tensor, targets: torch.Tensor, extra_positives) -> None:
         """The data likelihood as Pyro sites (the pyro backend), inside the tokens plate."""
@@ -244,31 +264,36 @@ class Bayes(Variant):
                 weight_sigma = self.posterior()[1][0]
                 moments = torch.stack([weight_sigma.sum(), weight_sigma.square().sum()])
             return loss, {"elbo": loss.detach(), **sigma_stats(moments, weight_sigma.numel())}
+        sampled, kl, moments = self.sampled_head()
+        kl = kl / num_tokens
+        data, stats = self.mean_position_loss(hidden, targets, extra_positives, sampled)
+        stats = {
+            self.data_term: data.detach(),
+            "kl": kl.detach(),
+            **stats,
+            **sigma_stats(moments, self.lm_head.weight_mu.numel()),
+        }
+        return data + self.config.kl_weight * kl, stats
+
+    def sampled_head(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        """(the head tensors of this step's data term, KL(q || prior), the sigma moments): ONE
+        weight sample (weight estimator) or the posterior's means and variances (local), drawn
+        once per step and shared by every chunk of positions; the KL is no per-position term."""
         head = self.lm_head
         shared_sample = self.config.bayes_estimator == "weight"
         # the Monte-Carlo KL needs a weight sample even when the data term samples per token;
         # it is drawn first, so the local estimator's noise follows the same seed either way
         (weight, bias), kl, moments = head.sample_weights(draw=shared_sample or self.monte_carlo_prior)
-        if shared_sample:
-            logits = F.linear(hidden, weight, bias).float()
-        else:
-            logits = head.sample_logits(hidden)
         if self.monte_carlo_prior:
             prior = make_prior(self.config, weight.device)
             weight_sigma, bias_sigma = head.sigmas()
             kl = monte_carlo_kl(head.weight_mu, weight_sigma, weight, prior) + monte_carlo_kl(
                 head.bias_mu, bias_sigma, bias, prior
             )
-        kl = kl / num_tokens
-        per_position, stats = self.data_losses(logits, targets, extra_positives)
-        data = per_position.mean()
-        stats = {
-            self.data_term: data.detach(),
-            "kl": kl.detach(),
-            **stats,
-            **sigma_stats(moments, head.weight_mu.numel()),
-        }
-        return data + self.config.kl_weight * kl, stats
+        if shared_sample:
+            return (weight, bias), kl, moments
+        weight_sigma, bias_sigma = head.sigmas()
+        return (head.weight_mu, weight_sigma.square(), head.bias_mu, bias_sigma.square()), kl, moments
 
     def _sample_logits(self, hidden: torch.Tensor, weights: tuple) -> torch.Tensor:
         """One draw of float32 logits for every row of `hidden`. With at least as many rows as

@@ -11,7 +11,7 @@ from nanoGPT.losses import sparse_bce
 from nanoGPT.metrics import sigmoid_token_stats
 from nanoGPT.variants.base import Stats
 from nanoGPT.variants.bayes import Bayes
-from nanoGPT.variants.sigmoid import normalised_sigmoid_log_probs, sigmoid_bias_init
+from nanoGPT.variants.sigmoid import bce_loss_sum, normalised_sigmoid_log_probs, sigmoid_bias_init
 
 
 class BayesSigmoid(Bayes):
@@ -22,9 +22,8 @@ class BayesSigmoid(Bayes):
     def reset_parameters(self) -> None:
         self.lm_head.reset_parameters(bias=sigmoid_bias_init(self.config.vocab_size))
 
-    def data_losses(self, logits, targets, extra_positives) -> tuple[torch.Tensor, Stats]:
-        per_position, num_positives = sparse_bce(logits, targets, extra_positives, self.config.pos_weight)
-        return per_position, {"positives": num_positives.float().mean()}
+    def logits_loss_sum(self, logits, targets, extra) -> tuple[torch.Tensor, Stats]:
+        return bce_loss_sum(logits, targets, extra, self.config.pos_weight)
 
     def observe(self, logits, targets, extra_positives) -> None:
         """The BCE is no distribution over the targets: a factor of -BCE per position."""

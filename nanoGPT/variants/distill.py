@@ -57,11 +57,14 @@ class Distill(Variant):
                 "variant 'distill' trains on the teacher's probabilities: it needs augment=True "
                 "(ExtraTargets from the augmenter), not bare candidate ids"
             )
+        return super().loss(hidden, targets, extra_positives)
+
+    def logits_loss_sum(self, logits, targets, extra) -> tuple[torch.Tensor, Stats]:
         ids, weights = distill_targets(
-            targets, extra_positives, self.config.distill_alpha, self.config.distill_temperature
+            targets, extra, self.config.distill_alpha, self.config.distill_temperature
         )
-        per_position = soft_target_cross_entropy(self.logits(hidden), ids, weights)
-        return per_position.mean(), {"teacher_weight": weights[:, 1:].sum(-1).mean()}
+        per_position = soft_target_cross_entropy(logits, ids, weights)
+        return per_position.sum(), {"teacher_weight": weights[:, 1:].sum()}
 
     def log_probs(self, hidden, samples=None) -> torch.Tensor:
         return F.log_softmax(self.logits(hidden), dim=-1)

@@ -39,6 +39,14 @@ def normalised_sigmoid_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return log_sigma - torch.logsumexp(log_sigma, dim=-1, keepdim=True)
 
 
+def bce_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor, extra_positives: torch.Tensor | None, pos_weight: float
+) -> tuple[torch.Tensor, Stats]:
+    """The sparse multi-hot BCE summed over positions, and the number of positives summed."""
+    per_position, num_positives = sparse_bce(logits, targets, extra_positives, pos_weight)
+    return per_position.sum(), {"positives": num_positives.float().sum()}
+
+
 class Sigmoid(Variant):
     name = "sigmoid"
     uses_extra_positives = True
@@ -54,12 +62,9 @@ class Sigmoid(Variant):
     def reset_parameters(self) -> None:
         self.lm_head.bias.fill_(sigmoid_bias_init(self.config.vocab_size))
 
-    def loss(self, hidden, targets, extra_positives=None) -> tuple[torch.Tensor, Stats]:
-        """Mean over positions of the BCE summed over the vocabulary."""
-        per_position, num_positives = sparse_bce(
-            self.logits(hidden), targets, extra_positives, self.config.pos_weight
-        )
-        return per_position.mean(), {"positives": num_positives.float().mean()}
+    def logits_loss_sum(self, logits, targets, extra) -> tuple[torch.Tensor, Stats]:
+        """The BCE summed over the vocabulary (the loss is its mean over positions)."""
+        return bce_loss_sum(logits, targets, extra, self.config.pos_weight)
 
     def log_probs(self, hidden, samples=None) -> torch.Tensor:
         return normalised_sigmoid_log_probs(self.logits(hidden))

@@ -22,8 +22,14 @@ from nanoGPT.variants.baseline import Baseline
 class Smooth(Baseline):
     name = "smooth"
 
-    def loss(self, hidden, targets, extra_positives=None) -> tuple[torch.Tensor, Stats]:
+    def head_tensors(self) -> tuple[torch.Tensor, ...]:
+        weight = self.lm_head.weight
+        # the smoothing term's mean row once per step, not once per chunk of positions
+        return weight, weight.mean(0, keepdim=True)
+
+    def position_loss_sum(self, hidden, targets, extra, head) -> tuple[torch.Tensor, Stats]:
+        weight, mean_row = head
         eps = self.config.label_smoothing
-        per_position = softmax_cross_entropy(self.logits(hidden), targets, 1.0 - eps)
-        mean_logit = F.linear(hidden, self.lm_head.weight.mean(0, keepdim=True)).float()
-        return (per_position - eps * mean_logit.reshape(-1)).mean(), {}
+        per_position = softmax_cross_entropy(self.head_logits(hidden, (weight,)), targets, 1.0 - eps)
+        mean_logit = F.linear(hidden, mean_row).float()
+        return (per_position - eps * mean_logit.reshape(-1)).sum(), {}

@@ -1,0 +1,138 @@
+"""The output head and its loss computed over chunks of positions, for every variant.
+
+At the GPT-2 vocabulary a batch's (N, V) float32 logits, and the loss's (N, V) gradient, are
+most of a small model's training memory. Here the head runs on `chunk` positions at a time:
+each chunk's logits, loss and gradient are computed and freed before the next chunk, and only
+the gradients of the hidden rows (N, C) and of the head's tensors (V, C) are kept until
+backward. The gradients are taken in the forward pass (torch.autograd.grad per chunk), so
+backward only scales them by the incoming gradient: no second head matmul, as a
+checkpoint-style recomputation would cost.
+
+A variant supplies `chunk_loss(rows, hidden_rows, head)`: the loss summed over those positions
+(a scalar) and statistics summed over them, computed from `head`, the tensors of this step's
+head (its weight and bias; a Bayesian head's one weight sample), which are the same for every
+chunk. Everything that is not a sum over positions (a KL term) stays outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+Sums = dict[str, torch.Tensor]
+ChunkLoss = Callable[[slice, torch.Tensor, tuple[torch.Tensor, ...]], tuple[torch.Tensor, Sums]]
+
+# loss_chunk_size=-1 (auto): at most this many logits (positions x vocabulary) per chunk, and no
+# chunking at all when the whole batch's logits fit in one. 2**24 float32 logits are 64 MB per
+# (chunk, V) buffer. The cost of a chunk beyond its share of the head's work is one pass over
+# the (V, C) gradient buffer (adding the chunk's weight gradient), about C / (2 * positions
+# per chunk) of the elementwise passes the loss makes over the chunk's logits: with 2**24 / V
+# = 333 positions per chunk at V = 50257 that is a few percent of the head's time, while at a
+# character vocabulary (V = 65) one chunk holds 258k positions, more than any batch, so the
+# character models never chunk. See tests/test_chunked_loss.py for the measured memory.
+AUTO_CHUNK_ELEMENTS = 2**24
+
+
+def chunk_positions(setting: int, num_positions: int, vocab_size: int) -> int:
+    """Positions per chunk for `loss_chunk_size` = setting (-1 auto, 0 never, n > 0 n
+    positions); num_positions means one chunk, the unchunked path. Auto splits into chunks
+    of equal size (the last one a little shorter), so no chunk is a small remainder."""
+    if setting == 0 or num_positions == 0:
+        return num_positions
+    if setting > 0:
+        return min(setting, num_positions)
+    limit = max(1, AUTO_CHUNK_ELEMENTS // vocab_size)
+    num_chunks = -(-num_positions // limit)
+    return -(-num_positions // num_chunks)
+
+
+def _accumulate(
+    total: torch.Tensor | None, sums: Sums, value: torch.Tensor, chunk_sums: Sums
+) -> torch.Tensor:
+    """Adds one chunk's detached loss and statistics to the running sums; the new total."""
+    for key, stat in chunk_sums.items():
+        sums[key] = sums[key] + stat.detach() if key in sums else stat.detach()
+    return value.detach() if total is None else total + value.detach()
+
+
+def _chunk_gradients(chunk_loss: ChunkLoss, rows: slice, hidden: torch.Tensor, leaves: tuple):
+    """(loss, sums, [d loss / d hidden[rows], d loss / d each leaf]) of one chunk; None for
+    what needs no gradient or does not reach the loss."""
+    with torch.enable_grad():
+        rows_in = hidden[rows].detach().requires_grad_(hidden.requires_grad)
+        value, chunk_sums = chunk_loss(rows, rows_in, leaves)
+        inputs = (rows_in, *leaves)
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(value, wanted, allow_unused=True))
+    return value, chunk_sums, [next(found) if t.requires_grad else None for t in inputs]
+
+
+class _ChunkedLossSum(torch.autograd.Function):
+    """sum over chunks of chunk_loss(rows, hidden[rows], head); `sums` receives the summed
+    statistics. Forward takes each chunk's gradients right away; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, chunk_loss: ChunkLoss, chunks: list[slice], sums: Sums, hidden, *head):
+        # detached once for every chunk, so autocast casts each head tensor once per step
+        leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in head)
+        grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
+        grad_head: list[torch.Tensor | None] = [None] * len(head)
+        owned = set()  # the sums this node allocated, which it may change in place
+        total = None
+        for rows in chunks:
+            value, chunk_sums, grads = _chunk_gradients(chunk_loss, rows, hidden, leaves)
+            if grads[0] is not None:
+                grad_hidden[rows] = grads[0]
+            for i, grad in enumerate(grads[1:]):
+                if grad is None:
+                    continue
+                if grad_head[i] is None:  # autograd's own tensor: not changed in place
+                    grad_head[i] = grad
+                elif i in owned:
+                    grad_head[i].add_(grad)
+                else:
+                    grad_head[i] = grad_head[i] + grad
+                    owned.add(i)
+            total = _accumulate(total, sums, value, chunk_sums)
+        ctx.grads, ctx.owned = [grad_hidden, *grad_head], {0} | {i + 1 for i in owned}
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total):
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("the chunked loss frees its gradients after one backward (retain_graph)")
+        # in place where the buffer is this node's alone: it is handed to autograd once
+        scaled = [
+            None if g is None else g.mul_(grad_total) if i in ctx.owned else g * grad_total
+            for i, g in enumerate(grads)
+        ]
+        return None, None, None, *scaled
+
+
+@torch.compiler.disable  # torch.compile cannot trace autograd.grad inside a forward
+def _chunked(
+    chunk_loss: ChunkLoss, hidden: torch.Tensor, head: tuple, chunk: int
+) -> tuple[torch.Tensor, Sums]:
+    chunks = [slice(i, i + chunk) for i in range(0, hidden.size(0), chunk)]
+    sums: Sums = {}
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, *head)):
+        return _ChunkedLossSum.apply(chunk_loss, chunks, sums, hidden, *head), sums
+    total = None
+    for rows in chunks:  # nothing to differentiate: just the sums
+        total = _accumulate(total, sums, *chunk_loss(rows, hidden[rows], head))
+    return total, sums
+
+
+def chunked_loss_sum(
+    chunk_loss: ChunkLoss, hidden: torch.Tensor, head: tuple[torch.Tensor, ...], chunk: int
+) -> tuple[torch.Tensor, Sums]:
+    """(loss summed over all N rows of `hidden` (N, C), statistics summed over them), computed
+    `chunk` rows at a time; with chunk >= N, chunk_loss on all rows with plain autograd (the
+    unchunked path, as fast as before and traced by torch.compile)."""
+    if chunk >= hidden.size(0):
+        return chunk_loss(slice(0, hidden.size(0)), hidden, head)
+    return _chunked(chunk_loss, hidden, head, chunk)

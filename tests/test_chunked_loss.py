@@ -1,0 +1,157 @@
+"""The chunked head + loss (nanoGPT/chunked_loss.py): for every registered variant, the loss,
+its statistics and every gradient equal the unchunked path's; the chunk-size setting; and a
+peak-memory check at the GPT-2 vocabulary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanoGPT.chunked_loss import chunk_positions
+from nanoGPT.variants import VARIANTS
+from nanoGPT.variants.base import ExtraTargets
+from tests.test_variants import extras_with_duplicates, randomise_posterior, text_batch, tiny_gpt
+
+# settings that exercise each variant's own terms (label smoothing, pos_weight, a Monte-Carlo
+# prior); every other variant runs with its defaults
+SETTINGS = {
+    "smooth": dict(label_smoothing=0.1),
+    "sigmoid": dict(pos_weight=2.5),
+    "bayes_sigmoid": dict(pos_weight=1.5),
+}
+CASES = [(name, SETTINGS.get(name, {})) for name in VARIANTS] + [
+    ("bayes", dict(bayes_prior="laplace")),
+    ("bayes_sigmoid", dict(bayes_estimator="local")),
+]
+
+
+def extra_targets(name: str, y: torch.Tensor):
+    """Extra positives with -1 padding and duplicates; distill's come with teacher log-probs."""
+    extra = extras_with_duplicates(y)
+    if not VARIANTS[name].uses_teacher_probs:
+        return extra
+    log_probs = torch.randn(extra.shape, generator=torch.Generator().manual_seed(3)).log_softmax(-1)
+    return ExtraTargets(extra, torch.where(extra >= 0, log_probs, -torch.inf))
+
+
+def loss_and_gradients(model, x, y, extra, chunk: int, seed: int = 5):
+    """(loss, stats, {name: gradient} of every parameter and of the hidden states)."""
+    model.variant.loss_chunk_size = chunk
+    model.zero_grad(set_to_none=True)
+    hidden = model.hidden_states(x)
+    hidden.retain_grad()
+    torch.manual_seed(seed)  # the Bayesian heads' one weight sample of the step
+    loss, stats = model.variant.loss(hidden, y, extra)
+    (loss * 0.7).backward()  # an upstream gradient other than 1 reaches the chunks scaled
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    return loss, stats, {**grads, "hidden": hidden.grad}
+
+
+@pytest.mark.parametrize("name, settings", CASES, ids=[f"{n}-{'-'.join(s) or 'default'}" for n, s in CASES])
+def test_chunked_loss_and_gradients_equal_the_unchunked(name, settings, monkeypatch):
+    if settings.get("bayes_estimator") == "local":
+        # per-token noise is drawn chunk by chunk: pin it so the two paths see the same
+        monkeypatch.setattr(torch, "randn_like", lambda t, **kwargs: torch.full_like(t, 0.5, **kwargs))
+    model = tiny_gpt(name, **settings)
+    if VARIANTS[name].bayesian:
+        randomise_posterior(model.variant.lm_head)
+    x, y = text_batch()  # 32 positions: chunks of 5 leave a remainder of 2
+    extra = extra_targets(name, y)
+    loss, stats, grads = loss_and_gradients(model, x, y, extra, chunk=0)
+    chunked_loss, chunked_stats, chunked_grads = loss_and_gradients(model, x, y, extra, chunk=5)
+    torch.testing.assert_close(chunked_loss, loss)
+    assert chunked_stats.keys() == stats.keys()
+    for key, value in stats.items():
+        torch.testing.assert_close(chunked_stats[key], value, msg=key)
+        assert not chunked_stats[key].requires_grad
+    assert chunked_grads.keys() == grads.keys() and len(grads) > 3
+    for key, grad in grads.items():
+        torch.testing.assert_close(chunked_grads[key], grad, msg=key)
+    assert grads["hidden"].abs().sum() > 0
+
+
+def test_chunked_loss_without_gradients_and_under_bf16_autocast():
+    model = tiny_gpt("sigmoid", pos_weight=2.0)
+    x, y = text_batch()
+    extra = extras_with_duplicates(y)
+    hidden = model.hidden_states(x)
+    reference, reference_stats = model.variant.loss(hidden, y, extra)
+    model.variant.loss_chunk_size = 7
+    with torch.no_grad():
+        loss, stats = model.variant.loss(hidden, y, extra)
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(stats["positives"], reference_stats["positives"])
+    # bf16 autocast: the chunks' losses stay float32, the hidden states' gradient is theirs
+    model.variant.loss_chunk_size = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, grads = loss_and_gradients(model, x, y, extra, chunk=0)
+        _, _, chunked_grads = loss_and_gradients(model, x, y, extra, chunk=7)
+    assert chunked_grads["hidden"].dtype == grads["hidden"].dtype
+    for key, grad in grads.items():
+        torch.testing.assert_close(chunked_grads[key], grad, rtol=2e-2, atol=2e-3, msg=key)
+
+
+def test_chunked_gradients_accumulate_over_micro_steps():
+    """Two backward passes add up in .grad, as gradient accumulation needs."""
+    model = tiny_gpt("baseline")
+    x, y = text_batch()
+    grads = []
+    for chunk in (0, 3):
+        model.variant.loss_chunk_size = chunk
+        model.zero_grad(set_to_none=True)
+        for _ in range(2):
+            model(x, y)[0].backward()
+        grads.append(model.variant.lm_head.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_chunk_size_setting():
+    gpt2_vocab, char_vocab = 50257, 65
+    assert chunk_positions(0, 12 * 1024, gpt2_vocab) == 12 * 1024  # 0: never chunk
+    assert chunk_positions(100, 1024, gpt2_vocab) == 100
+    assert chunk_positions(5000, 1024, gpt2_vocab) == 1024
+    # auto: the bench's 8 x 128 batch and GPT-2's 12 x 1024 chunk at the GPT-2 vocabulary...
+    assert chunk_positions(-1, 8 * 128, gpt2_vocab) == 256  # 4 equal chunks
+    assert 0 < chunk_positions(-1, 12 * 1024, gpt2_vocab) * gpt2_vocab <= 2**24
+    # ...the character models never do, nor a small GPT-2-vocabulary batch
+    assert chunk_positions(-1, 64 * 1024, char_vocab) == 64 * 1024
+    assert chunk_positions(-1, 256, gpt2_vocab) == 256
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch
+from nanoGPT.config import ModelConfig
+from nanoGPT.model import GPT
+torch.manual_seed(0)
+V, B, T = 50257, 8, 128
+model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=T, vocab_size=V))
+x, y = torch.randint(V, (B, T)), torch.randint(V, (B, T))
+peaks = []
+for chunk in (-1, 0):  # the peak RSS only grows: the chunked step first
+    model.variant.loss_chunk_size = chunk
+    model(x, y)[0].backward()
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(*peaks)
+"""
+
+
+@pytest.mark.slow  # a fresh process: ~5 s of CPU
+def test_chunked_step_holds_less_memory_at_the_gpt2_vocabulary():
+    """Peak RSS of one training step at V = 50257, N = 1024 (one (N, V) float32 buffer is
+    196 MB): the unchunked step (logits + their gradient) raises the chunked step's peak by
+    more than one such buffer."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    chunked, unchunked = (float(v) for v in proc.stdout.split())
+    assert unchunked - chunked > 196, (chunked, unchunked)
