@@ -162,6 +162,10 @@ class TrainConfig(ModelConfig):
     collective_timeout_s: float = 300.0
     seed: int = 1337
     peak_flops: float = 989e12  # for MFU: dense bf16 peak of the accelerator (H100/H200)
+    # training loss over chunks of positions, no (N, V) logits held (nanoGPT/chunked_loss.py):
+    # -1 = auto (when a batch has over 2**24 logits: the GPT-2 vocabulary, never a character
+    # one), 0 = never, n = n positions per chunk. Memory only: the same loss and gradients
+    loss_chunk_size: int = -1
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -306,6 +310,7 @@ RANGES = {
     "seed": f"[0, {2**63})",
     "collective_timeout_s": "(0, 86400]",
     "peak_flops": "(0, inf)",
+    "loss_chunk_size": "[-1, inf)",
 }
 # keys whose string names one of a few settings (the model's and the augmenter's own choices
 # are checked where they are defined, with their registries)

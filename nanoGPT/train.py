@@ -314,6 +314,7 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
     model, ckpt = create_model(cfg, rt, tokenizer.vocab_size, data.window_tokens("train"), ckpt)
     if model.config.block_size < cfg.block_size:
         raise UserError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
+    model.variant.loss_chunk_size = cfg.loss_chunk_size  # a training setting, not the checkpoint's
     model.to(rt.device)
     optimizer = build_optimizer(model, cfg, rt.device_type)
     data.set_target_offset(model.config.target_offset())  # the model's: a checkpoint's when resuming

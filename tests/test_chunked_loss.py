@@ -4,6 +4,7 @@ peak-memory check at the GPT-2 vocabulary."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,9 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanoGPT.chunked_loss import chunk_positions
-from nanoGPT.variants import VARIANTS
+from nanoGPT.chunked_loss import chunk_positions, chunked_loss_sum
+from nanoGPT.config import ModelConfig, TrainConfig, validate_config
+from nanoGPT.errors import UserError
+from nanoGPT.train import train
+from nanoGPT.variants import VARIANTS, base
 from nanoGPT.variants.base import ExtraTargets
+from tests.conftest import tiny_config
 from tests.test_variants import extras_with_duplicates, randomise_posterior, text_batch, tiny_gpt
 
 # settings that exercise each variant's own terms (label smoothing, pos_weight, a Monte-Carlo
@@ -155,3 +160,25 @@ def test_chunked_step_holds_less_memory_at_the_gpt2_vocabulary():
     assert proc.returncode == 0, proc.stderr
     chunked, unchunked = (float(v) for v in proc.stdout.split())
     assert unchunked - chunked > 196, (chunked, unchunked)
+
+
+def test_training_uses_loss_chunk_size_and_trains_as_unchunked(char_data, tmp_path, monkeypatch):
+    """TrainConfig.loss_chunk_size reaches the variant; training is the same either way."""
+    used = []
+
+    def spy(chunk_loss, hidden, head, chunk):
+        used.append(chunk)
+        return chunked_loss_sum(chunk_loss, hidden, head, chunk)
+
+    monkeypatch.setattr(base, "chunked_loss_sum", spy)
+    finals = []
+    for chunk in (0, 7):
+        cfg = tiny_config(
+            char_data, tmp_path / str(chunk), max_iters=3, eval_interval=3, loss_chunk_size=chunk
+        )
+        finals.append(train(cfg)["train/nll"])
+    assert set(used) == {8 * 32, 7}  # 0: one chunk of all the batch's positions
+    assert finals[1] == pytest.approx(finals[0], rel=1e-5)
+    with pytest.raises(UserError, match="loss_chunk_size"):
+        validate_config(TrainConfig(loss_chunk_size=-2))
+    assert "loss_chunk_size" not in {f.name for f in dataclasses.fields(ModelConfig)}  # not a model setting
