@@ -194,3 +194,25 @@ def test_probe_cli_reads_hugging_face_encoders_and_gpt2(hf_encoder_folder, hf_gp
     assert "next_line/zero_shot_sum" not in encoder["next_line"]["results"]  # an encoder has no predictive
     gpt2 = probe.main([f"--init_from={hf_gpt2_folder}", "--examples=12", "--tasks=next_line", "--device=cpu"])
     assert 0 <= gpt2["next_line"]["results"]["next_line/zero_shot_mean"] <= 1
+
+
+def test_probe_cli_reads_local_files(tiny_checkpoint, tmp_path):
+    import pandas as pd
+
+    genre = genre_task(12)
+    pd.DataFrame({"text": genre.train_texts, "label": [genre.classes[y] for y in genre.train_labels]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    pd.DataFrame({"text": genre.test_texts, "label": [genre.classes[y] for y in genre.test_labels]}).to_csv(
+        tmp_path / "test.csv", index=False
+    )
+    files = f"--input=train:{tmp_path / 'train.csv'},test:{tmp_path / 'test.csv'}"
+    results = probe.main([f"--out_dir={tiny_checkpoint}", files, "--heads=logreg", "--class_weights=True"])
+    assert set(results["input"]["results"]) == {"input/logreg/mean", "input/logreg/last", "input/chance"}
+    items = next_line_task(12).test
+    rows = [{"context": i.context, "choices": list(i.choices), "label": i.answer} for i in items]
+    for split in ("train", "test"):
+        pd.DataFrame(rows).to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
+    files = f"--input=train:{tmp_path / 'train.jsonl'},test:{tmp_path / 'test.jsonl'}"
+    results = probe.main([f"--out_dir={tiny_checkpoint}", files])
+    assert 0 <= results["input"]["results"]["input/zero_shot_sum"] <= 1
