@@ -486,8 +486,9 @@ def model_config_of(ckpt: dict[str, Any], expect_variant: str | None = None) -> 
 
 # ModelConfig keys that say how a run uses the model, not what the model is: a resumed model
 # takes them from the run (dropout acts in training only, bayes_samples sets how many weight
-# samples evaluation averages, loss_chunk_size how the same loss is computed)
-RUN_SETTINGS = ("dropout", "bayes_samples", "loss_chunk_size")
+# samples evaluation averages). Settings outside ModelConfig (loss_chunk_size, dtype, batch
+# size, ...) are the run's anyway and never compared
+RUN_SETTINGS = ("dropout", "bayes_samples")
 # ...and the keys a resume does not compare: those, the vocabulary (from the data, compared by
 # check_tokenizer) and the variant (compared by model_config_of)
 RESUME_MAY_CHANGE = (*RUN_SETTINGS, "vocab_size", "variant")
