@@ -225,7 +225,17 @@ def test_resume_with_only_non_finite_weights_is_one_line(two_saves, tmp_path):
         ("auto", {"label_smoothing": 0.2}, "label_smoothing 0.05 -> 0.2"),
         ("resume", {"block_size": 16}, "block_size 32 -> 16"),
         # not model settings: the run goes on
-        ("auto", {"dropout": 0.1, "bayes_samples": 2, "batch_size": 4, "learning_rate": 1e-3}, None),
+        (
+            "auto",
+            {
+                "dropout": 0.1,
+                "bayes_samples": 2,
+                "loss_chunk_size": 0,
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+            },
+            None,
+        ),
         # init_from=resume takes the model from the checkpoint: settings left at their default count not
         ("resume", {"n_layer": ModelConfig.n_layer, "n_embd": ModelConfig.n_embd}, None),
     ],
