@@ -1,17 +1,30 @@
-"""What bench.py --augmenter=True measures beside the variants: the cost of multi-hot targets.
+"""What bench.py measures inside a run: a training step's peak memory, and with
+--augmenter=True the cost of multi-hot targets.
 
-It makes a small real GPT-2-BPE data folder from the embedded plays, a teacher checkpoint of
-the bench's own trunk (one training iteration: its weights do not matter for timing), and
-the candidate cache; then bench.py times sigmoid training steps that read their extra
-positives online (prob filter) and from the cache, and this module times the batched
-perplexity filter against the one-candidate-at-a-time reference on the same candidates.
+Peak memory of a step (`step_memory`): on CUDA the allocator's own peak. On the CPU there is
+none, and the process's peak RSS is a poor stand-in: it counts the torch libraries, and
+glibc keeps freed pages, so a smaller step does not show as a smaller peak. So one step runs
+under torch.profiler with profile_memory, which records every CPU tensor allocation and free
+with the running total: its largest total is the step's peak above the tensors alive before
+it (weights, optimizer state), the figure CUDA's max_memory_allocated gives. That step is
+not timed (the profiler slows it).
+
+For --augmenter=True it makes a small real GPT-2-BPE data folder from the embedded plays, a
+teacher checkpoint of the bench's own trunk (one training iteration: its weights do not
+matter for timing), and the candidate cache; then bench.py times sigmoid training steps
+that read their extra positives online (prob filter) and from the cache, and this module
+times the batched perplexity filter against the one-candidate-at-a-time reference on the
+same candidates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import tempfile
 import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,6 +40,47 @@ from nanoGPT.prepare import shakespeare_splits, write_text_dataset
 from nanoGPT.runtime import setup_runtime
 from nanoGPT.tokenizer import gpt2_tokenizer, load_tokenizer
 from nanoGPT.train import train
+
+
+def tensor_mb(tensors: Iterable[torch.Tensor]) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def resident_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors alive between steps: weights and optimizer state (gradients are set to None)."""
+    state = [v for per_param in optimizer.state.values() for v in per_param.values() if torch.is_tensor(v)]
+    return [*model.parameters(), *state]
+
+
+def profiled_peak_mb(run: Callable[[], None]) -> float:
+    """The most CPU tensor memory `run` held at once beyond what was allocated before it, MB:
+    the largest running total of the profiler's memory events (frees of older tensors are
+    not seen, so a step that frees them reads high, never low)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        run()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max(totals, default=0) / 2**20
+
+
+def step_memory(step: Callable[[], None], resident: list[torch.Tensor], device_type: str) -> dict:
+    """Run one (untimed) training step and return its memory: `step_mem_mb`, the peak above
+    the tensors alive before it, and `peak_mem_mb`, that plus those tensors."""
+    if device_type != "cuda":
+        step_mb = profiled_peak_mb(step)
+        return {"step_mem_mb": step_mb, "peak_mem_mb": tensor_mb(resident) + step_mb}
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"step_mem_mb": (peak - before) / 2**20, "peak_mem_mb": peak / 2**20}
 
 
 def prepare_augmenter_bench(cfg: TrainConfig, work_dir: str, train_chars: int = 60_000) -> list[str]:
