@@ -43,21 +43,22 @@ class ModelConfig:
     arch: str = "gpt"  # gpt | conv (causal convolution compressor, nanoGPT/conv_model.py)
     conv_factor: int = 4  # conv: each level shortens the sequence by this factor...
     conv_levels: int = 1  # ...and doubles the width; needs n_layer >= 2 * conv_levels + 1
-    # progressive diverging (nanoGPT/progressive.py): stage 1 shares one block per group of
     # the target of position t is token t + predict_ahead (1 = the next token); 0 = auto:
     # conv_factor ** conv_levels (arch=conv), the source's look-ahead of whole operands
     predict_ahead: int = 1
+    # progressive diverging (nanoGPT/progressive.py): stage 1 shares one block per group of
     # progressive_group layers, stage 2 per half group (attention through LoRA), stage 3 none
+    # (its attention through LoRA too with progressive_stage3_lora)
     progressive_group: int = 0  # 0 = off; else even and a divisor of n_layer
     progressive_stage2: float = 0.3  # stage 2 starts at this fraction of progressive_iters
     progressive_stage3: float = 0.6  # stage 3 starts at this fraction of progressive_iters
     progressive_iters: int = 0  # iterations the stage fractions refer to; 0 = max_iters
-    lora_rank: int = 4  # progressive stage 2: rank of the attention adapters
+    lora_rank: int = 4  # progressive stages 2 (and 3 with LoRA): rank of the attention adapters
     lora_alpha: float = 8.0  # progressive stage 2: adapters are scaled by lora_alpha / lora_rank
-    # output objective, see nanoGPT/variants/
     # progressive stage 3: attention keeps learning through LoRA (the source) instead of
     # training fully; False (the default) is how checkpoints without this key trained
     progressive_stage3_lora: bool = False
+    # output objective, see nanoGPT/variants/
     variant: str = "baseline"
     label_smoothing: float = 0.05  # smooth
     pos_weight: float = 1.0  # sigmoid variants: weight of the positive terms of the BCE
@@ -81,11 +82,11 @@ class ModelConfig:
     bayes_estimator: str = "weight"  # bayes variants: weight (one sample per step) | local (per token)
     bayes_samples: int = 8  # bayes variants: weight samples averaged by evaluation and sampling
 
-    def model_args(self) -> ModelConfig:
     def target_offset(self) -> int:
         """How far ahead of its position each position predicts (predict_ahead, 0 resolved)."""
         return self.predict_ahead or self.conv_factor**self.conv_levels
 
+    def model_args(self) -> ModelConfig:
         """The ModelConfig part of this (Train)Config."""
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
@@ -132,11 +133,11 @@ class TrainConfig(ModelConfig):
     augment_min_prob: float = 0.01  # prob filter: keep a candidate at least this likely
     augment_window: int = 64  # perplexity filter: tokens scored around the position
     augment_positions: str = "one"  # one (random position per sequence) | all | a fraction
-    augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)
     # 0: the candidates are the teacher's top augment_k; N: augment_k distinct tokens drawn
     # (seeded) from the teacher's N most likely, within their augment_sample_top_p nucleus
     augment_sample_top_k: int = 0
     augment_sample_top_p: float = 1.0  # with augment_sample_top_k: the nucleus drawn from
+    augment_source: str = "online"  # online (teacher in the loop) | cache (train.aug_*.bin)
     augment_cache: str = ""  # cache name: <data_dir>/train.aug_<name>.bin; "" = <teacher>-<filter>
     gradient_accumulation_steps: int = 1  # total over all processes; each does ceil(total / processes)
     # optimizer (AdamW) and schedule (warmup + cosine)
@@ -258,6 +259,7 @@ RANGES = {
     "rope_theta": "(0, inf)",
     "conv_factor": "[2, 1000000]",
     "conv_levels": "[1, 5000]",
+    "predict_ahead": "[0, 1000000]",
     "progressive_group": "[0, 10000]",
     "progressive_stage2": "[0, inf)",
     "progressive_stage3": "[0, inf)",
@@ -266,7 +268,6 @@ RANGES = {
     "lora_alpha": "[0, inf)",
     "label_smoothing": "[0, 1)",
     "pos_weight": "(0, inf)",
-    "predict_ahead": "[0, 1000000]",
     "distill_alpha": "[0, 1]",
     "distill_temperature": "(0, inf)",
     "prior_sigma": "(0, inf)",
@@ -295,12 +296,12 @@ RANGES = {
     "augment_threshold": "(0, inf)",
     "augment_min_prob": "(0, 1]",
     "augment_window": "[2, inf)",
+    "augment_sample_top_k": "[0, inf)",
+    "augment_sample_top_p": "(0, 1]",
     "gradient_accumulation_steps": "[1, 1000000]",
     "learning_rate": "[0, inf)",
     "max_iters": "[0, inf)",
     "weight_decay": "[0, inf)",
-    "augment_sample_top_k": "[0, inf)",
-    "augment_sample_top_p": "(0, 1]",
     "beta1": "[0, 1)",
     "beta2": "[0, 1)",
     "grad_clip": "[0, inf)",

@@ -15,7 +15,8 @@ start; a block a stage does not use gets no gradient, and AdamW leaves parameter
 gradient untouched (no update, no weight decay, no moment). The switches copy weights in
 place, so the optimizer keeps every tensor it holds, and they keep the function: the copy
 equals its source and the new adapters start at zero (1 -> 2); merging W + s*B@A into W
-changes nothing (2 -> 3).
+changes nothing (2 -> 3). At each switch the training loop drops the adapters' optimizer
+moments (a merged adapter restarts at B = 0) and logs the trainable parameter count.
 
 The stage is a buffer of the model, so checkpoints carry it; the training loop moves to the
 stage of each iteration (stage_at) before evaluating or stepping, so a run resumed from any

@@ -314,10 +314,10 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
     model, ckpt = create_model(cfg, rt, tokenizer.vocab_size, data.window_tokens("train"), ckpt)
     if model.config.block_size < cfg.block_size:
         raise UserError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
+    data.set_target_offset(model.config.target_offset())  # the model's: a checkpoint's when resuming
     model.variant.loss_chunk_size = cfg.loss_chunk_size  # a training setting, not the checkpoint's
     model.to(rt.device)
     optimizer = build_optimizer(model, cfg, rt.device_type)
-    data.set_target_offset(model.config.target_offset())  # the model's: a checkpoint's when resuming
     state = RunState(loss_sum=torch.zeros((), device=rt.device))
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -357,8 +357,6 @@ def setup(cfg: TrainConfig, rt: Runtime, log: RunLog) -> tuple[Training, RunStat
 # --- the loop -----------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
 def check_target_offset(cfg: TrainConfig) -> None:
     """UserError for a setting that needs next-token targets, asked of a look-ahead model: the
     augmenter's teacher predicts the next token, and a sample appends each prediction."""
@@ -371,12 +369,14 @@ def check_target_offset(cfg: TrainConfig) -> None:
             )
 
 
+def train(cfg: TrainConfig) -> dict:
+    """Run the training loop described by `cfg`; returns the last evaluation's metrics."""
     validate_config(cfg)  # every key's type and range, before anything starts
     check_architecture(cfg.model_args())  # the trunk's names and shapes...
     check_variant(cfg)  # ...and the objective's name
+    check_target_offset(cfg)
     check_writable(cfg.out_dir, "out_dir")
     check_writable(cfg.log_dir, "log_dir")
-    check_target_offset(cfg)
     rt = setup_runtime(cfg)
     log = RunLog(cfg, rt.master)
     try:
