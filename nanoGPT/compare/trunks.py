@@ -83,12 +83,18 @@ def inference_ms_per_token(
     return 1000 * statistics.median(times) / tokens
 
 
+def _number(value: float, digits: int) -> str:
+    """`digits` significant digits, but whole numbers rather than 1.23e+03."""
+    return f"{value:.0f}" if abs(value) >= 10 ** (digits - 1) else f"{value:.{digits}g}"
+
+
 def _cell(stats: Mapping[str, Mapping[str, float]], key: str, scale: float = 1.0, digits: int = 4) -> str:
+    """mean ± std over seeds; the mean alone for one seed or a value every seed shares (params)."""
     value = stats.get(key)
     if value is None:
         return "–"
-    text = f"{value['mean'] * scale:.{digits}g}"
-    return f"{text} ± {value['std'] * scale:.2g}" if value["n"] > 1 else text
+    text = _number(value["mean"] * scale, digits)
+    return f"{text} ± {_number(value['std'] * scale, 2)}" if value["n"] > 1 and value["std"] else text
 
 
 def format_trunk_table(runs: Sequence[Run], summary: Mapping[str, Mapping], split: str) -> str:
