@@ -379,7 +379,6 @@ def test_missing_data_is_prepared_by_its_script(char_data, tmp_path, monkeypatch
     assert {"train.bin", "val.bin", "meta.pkl"} <= set(os.listdir(folder))
 
 
-@pytest.mark.slow  # three tiny runs, evaluated and reported (~5 s)
 def test_trunks_compare_in_one_report_with_their_costs(small_data, tmp_path, monkeypatch):
     """Rows that vary the trunk (GPT-2, arch=conv, progressive diverging) train on the one
     budget; the report adds their trunk table, inference ms/token and one loss plot of all."""
