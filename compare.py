@@ -4,6 +4,7 @@
     python compare.py config/compare_shakespeare_char.py       # characters, a quick look
     python compare.py config/compare_shakespeare.py --rows=baseline,sigmoid,sigmoid+aug --seeds=1,2
     python compare.py config/compare_wikitext.py               # GPUs: GPT-2 124M on WikiText-103
+    python compare.py config/compare_archs_shakespeare_char.py # trunks: GPT-2, conv, progressive
 
 A teacher (bigger, longer, on all of train.bin) is trained once and reused; every row x seed is
 trained through the one loop (nanoGPT/train.py) on the same budget, the +aug rows on the
