@@ -146,8 +146,8 @@ def measure(cfg: BenchConfig) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(cfg.warmup):
-        step()
+    for _ in range(max(cfg.warmup, 1)):  # the first step allocates the optimizer state: not the
+        step()  # memory of a step
     memory = step_memory(step, resident_tensors(raw_model, optimizer), rt.device_type)
     if rt.device_type == "cuda":
         torch.cuda.synchronize()
