@@ -1,7 +1,7 @@
 """Time training steps of each variant and compare them with the baseline in one run.
 
     python bench.py                                  # all variants, GPT-2 vocabulary, small trunk
-    python bench.py --iters=4 --warmup=1             # the whole table in ~5 min on 2 CPU cores
+    python bench.py --iters=4 --warmup=1             # the whole table, ~6 min on 2 CPU cores
     python bench.py --tiny=True                      # every row at a test's size, in seconds
     python bench.py --variants=baseline,sigmoid --n_layer=6 --n_embd=384 --device=cuda
     python bench.py --archs=llama,conv,progressive --variants=baseline   # trunks, see ARCHS
