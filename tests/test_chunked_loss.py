@@ -8,7 +8,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +19,8 @@ from nanoGPT.train import train
 from nanoGPT.variants import VARIANTS, base
 from nanoGPT.variants.base import ExtraTargets
 from tests.conftest import tiny_config
+from tests.helpers import run_checked
+from tests.test_train import REPO, read_log, tiny_args
 from tests.test_variants import extras_with_duplicates, randomise_posterior, text_batch, tiny_gpt
 
 # settings that exercise each variant's own terms (label smoothing, pos_weight, a Monte-Carlo
@@ -154,7 +155,7 @@ def test_chunked_step_holds_less_memory_at_the_gpt2_vocabulary():
         [sys.executable, "-c", PEAK_SCRIPT],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
@@ -182,3 +183,20 @@ def test_training_uses_loss_chunk_size_and_trains_as_unchunked(char_data, tmp_pa
     with pytest.raises(UserError, match="loss_chunk_size"):
         validate_config(TrainConfig(loss_chunk_size=-2))
     assert "loss_chunk_size" not in {f.name for f in dataclasses.fields(ModelConfig)}  # not a model setting
+
+
+@pytest.mark.slow  # two processes under torchrun
+def test_ddp_with_gradient_accumulation_trains_chunked(char_data, tmp_path):
+    """The chunks' gradients reach DDP's all-reduce (no_sync on the first micro-step): the
+    ranks stay identical and the model learns."""
+    cfg = tiny_config(char_data, tmp_path, max_iters=30, eval_interval=15, gradient_accumulation_steps=2)
+    run_checked(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["train_baseline.py", *tiny_args(cfg), "--loss_chunk_size=7"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    evals = read_log(cfg, "eval")
+    assert all(e["ddp/param_spread"] == 0.0 for e in evals)
+    assert evals[-1]["val/nll"] < evals[0]["val/nll"] - 0.5
