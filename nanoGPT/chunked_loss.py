@@ -16,13 +16,16 @@ chunk. Everything that is not a sum over positions (a KL term) stays outside.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 Sums = dict[str, torch.Tensor]
 ChunkLoss = Callable[[slice, torch.Tensor, tuple[torch.Tensor, ...]], tuple[torch.Tensor, Sums]]
+LogitsLoss = Callable[[slice, torch.Tensor], tuple[torch.Tensor, Sums]]
 
 # loss_chunk_size=-1 (auto): at most this many logits (positions x vocabulary) per chunk, and no
 # chunking at all when the whole batch's logits fit in one. 2**24 float32 logits are 64 MB per
@@ -57,46 +60,91 @@ def _accumulate(
     return value.detach() if total is None else total + value.detach()
 
 
-def _chunk_gradients(chunk_loss: ChunkLoss, rows: slice, hidden: torch.Tensor, leaves: tuple):
-    """(loss, sums, [d loss / d hidden[rows], d loss / d each leaf]) of one chunk; None for
-    what needs no gradient or does not reach the loss."""
-    with torch.enable_grad():
-        rows_in = hidden[rows].detach().requires_grad_(hidden.requires_grad)
-        value, chunk_sums = chunk_loss(rows, rows_in, leaves)
-        inputs = (rows_in, *leaves)
-        wanted = [t for t in inputs if t.requires_grad]
-        found = iter(torch.autograd.grad(value, wanted, allow_unused=True))
-    return value, chunk_sums, [next(found) if t.requires_grad else None for t in inputs]
+class _Gradients:
+    """Any head: each chunk's gradients by torch.autograd.grad through chunk_loss, the head's
+    added up over the chunks (one (V, C) temporary per chunk)."""
+
+    def __init__(self, chunk_loss: ChunkLoss, hidden: torch.Tensor, head: tuple[torch.Tensor, ...]):
+        self.chunk_loss, self.hidden = chunk_loss, hidden
+        # detached once for every chunk, so autocast casts each head tensor once per step
+        self.leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in head)
+        self.grads: list[torch.Tensor | None] = [None] * (1 + len(head))
+        if hidden.requires_grad:
+            self.grads[0] = torch.zeros_like(hidden)
+        self.owned = {0}  # the sums this object allocated, which may change in place
+
+    def chunk(self, rows: slice) -> tuple[torch.Tensor, Sums]:
+        with torch.enable_grad():
+            rows_in = self.hidden[rows].detach().requires_grad_(self.hidden.requires_grad)
+            value, chunk_sums = self.chunk_loss(rows, rows_in, self.leaves)
+            inputs = (rows_in, *self.leaves)
+            found = iter(
+                torch.autograd.grad(value, [t for t in inputs if t.requires_grad], allow_unused=True)
+            )
+        grads = [next(found) if t.requires_grad else None for t in inputs]
+        if grads[0] is not None:
+            self.grads[0][rows] = grads[0]
+        for i, grad in enumerate(grads[1:], start=1):
+            if grad is None:
+                continue
+            if self.grads[i] is None:  # autograd's own tensor: not changed in place
+                self.grads[i] = grad
+            elif i in self.owned:
+                self.grads[i].add_(grad)
+            else:
+                self.grads[i] = self.grads[i] + grad
+                self.owned.add(i)
+        return value, chunk_sums
+
+
+class _LinearGradients:
+    """A linear head, logits = F.linear(hidden, weight, bias).float(): the matmul is done here
+    and only d loss / d logits comes from autograd, so the weight's gradient is accumulated in
+    place (addmm_), with no (V, C) temporary per chunk. Matmuls in the dtype F.linear would use
+    (autocast's)."""
+
+    def __init__(self, logits_loss: LogitsLoss, hidden: torch.Tensor, head: tuple[torch.Tensor, ...]):
+        self.logits_loss, self.hidden = logits_loss, hidden
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head[0].dtype
+        self.head = tuple(t.to(dtype) for t in head)  # cast once per step, as autocast would
+        self.grads = [torch.zeros_like(t) if t.requires_grad else None for t in (hidden, *head)]
+        self.owned = set(range(len(self.grads)))
+
+    def chunk(self, rows: slice) -> tuple[torch.Tensor, Sums]:
+        weight = self.head[0]
+        rows_in = self.hidden[rows].to(weight.dtype)
+        with torch.autocast(rows_in.device.type, enabled=False):
+            logits = F.linear(rows_in, *self.head).float()
+        with torch.enable_grad():
+            logits.requires_grad_()
+            value, chunk_sums = self.logits_loss(rows, logits)
+            (grad,) = torch.autograd.grad(value, logits)
+        grad_hidden, grad_weight, *grad_bias = self.grads
+        low = grad.to(weight.dtype)
+        if grad_hidden is not None:
+            grad_hidden[rows] = low @ weight
+        if grad_weight is not None and grad_weight.dtype == low.dtype:
+            grad_weight.addmm_(low.t(), rows_in)
+        elif grad_weight is not None:
+            grad_weight += low.t() @ rows_in
+        if grad_bias and grad_bias[0] is not None:
+            grad_bias[0] += grad.sum(0)
+        return value, chunk_sums
 
 
 class _ChunkedLossSum(torch.autograd.Function):
-    """sum over chunks of chunk_loss(rows, hidden[rows], head); `sums` receives the summed
-    statistics. Forward takes each chunk's gradients right away; backward scales them."""
+    """sum over chunks of the loss of hidden[rows] through head; `sums` receives the summed
+    statistics. Forward takes each chunk's gradients right away (`make`: _Gradients or
+    _LinearGradients); backward scales them."""
 
     @staticmethod
-    def forward(ctx, chunk_loss: ChunkLoss, chunks: list[slice], sums: Sums, hidden, *head):
-        # detached once for every chunk, so autocast casts each head tensor once per step
-        leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in head)
-        grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
-        grad_head: list[torch.Tensor | None] = [None] * len(head)
-        owned = set()  # the sums this node allocated, which it may change in place
+    def forward(ctx, make: Callable, chunks: list[slice], sums: Sums, hidden, *head):
+        gradients = make(hidden, head)
         total = None
         for rows in chunks:
-            value, chunk_sums, grads = _chunk_gradients(chunk_loss, rows, hidden, leaves)
-            if grads[0] is not None:
-                grad_hidden[rows] = grads[0]
-            for i, grad in enumerate(grads[1:]):
-                if grad is None:
-                    continue
-                if grad_head[i] is None:  # autograd's own tensor: not changed in place
-                    grad_head[i] = grad
-                elif i in owned:
-                    grad_head[i].add_(grad)
-                else:
-                    grad_head[i] = grad_head[i] + grad
-                    owned.add(i)
-            total = _accumulate(total, sums, value, chunk_sums)
-        ctx.grads, ctx.owned = [grad_hidden, *grad_head], {0} | {i + 1 for i in owned}
+            total = _accumulate(total, sums, *gradients.chunk(rows))
+        ctx.grads, ctx.owned = gradients.grads, gradients.owned
         return total
 
     @staticmethod
@@ -115,12 +163,16 @@ class _ChunkedLossSum(torch.autograd.Function):
 
 @torch.compiler.disable  # torch.compile cannot trace autograd.grad inside a forward
 def _chunked(
-    chunk_loss: ChunkLoss, hidden: torch.Tensor, head: tuple, chunk: int
+    chunk_loss: ChunkLoss, hidden: torch.Tensor, head: tuple, chunk: int, logits_loss: LogitsLoss | None
 ) -> tuple[torch.Tensor, Sums]:
     chunks = [slice(i, i + chunk) for i in range(0, hidden.size(0), chunk)]
     sums: Sums = {}
     if torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, *head)):
-        return _ChunkedLossSum.apply(chunk_loss, chunks, sums, hidden, *head), sums
+        if logits_loss is None:
+            make = functools.partial(_Gradients, chunk_loss)
+        else:
+            make = functools.partial(_LinearGradients, logits_loss)
+        return _ChunkedLossSum.apply(make, chunks, sums, hidden, *head), sums
     total = None
     for rows in chunks:  # nothing to differentiate: just the sums
         total = _accumulate(total, sums, *chunk_loss(rows, hidden[rows], head))
@@ -128,11 +180,17 @@ def _chunked(
 
 
 def chunked_loss_sum(
-    chunk_loss: ChunkLoss, hidden: torch.Tensor, head: tuple[torch.Tensor, ...], chunk: int
+    chunk_loss: ChunkLoss,
+    hidden: torch.Tensor,
+    head: tuple[torch.Tensor, ...],
+    chunk: int,
+    logits_loss: LogitsLoss | None = None,
 ) -> tuple[torch.Tensor, Sums]:
     """(loss summed over all N rows of `hidden` (N, C), statistics summed over them), computed
     `chunk` rows at a time; with chunk >= N, chunk_loss on all rows with plain autograd (the
-    unchunked path, as fast as before and traced by torch.compile)."""
+    unchunked path, as fast as before and traced by torch.compile). `logits_loss(rows,
+    logits)`, given when chunk_loss is that of logits = F.linear(hidden, *head).float(), lets
+    the head's gradient be accumulated in place (_LinearGradients)."""
     if chunk >= hidden.size(0):
         return chunk_loss(slice(0, hidden.size(0)), hidden, head)
-    return _chunked(chunk_loss, hidden, head, chunk)
+    return _chunked(chunk_loss, hidden, head, chunk, logits_loss)

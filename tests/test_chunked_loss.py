@@ -33,6 +33,7 @@ SETTINGS = {
 CASES = [(name, SETTINGS.get(name, {})) for name in VARIANTS] + [
     ("bayes", dict(bayes_prior="laplace")),
     ("bayes_sigmoid", dict(bayes_estimator="local")),
+    ("baseline_bias", dict(generic=True)),  # a linear head through the path of any head
 ]
 
 
@@ -63,7 +64,9 @@ def test_chunked_loss_and_gradients_equal_the_unchunked(name, settings, monkeypa
     if settings.get("bayes_estimator") == "local":
         # per-token noise is drawn chunk by chunk: pin it so the two paths see the same
         monkeypatch.setattr(torch, "randn_like", lambda t, **kwargs: torch.full_like(t, 0.5, **kwargs))
-    model = tiny_gpt(name, **settings)
+    model = tiny_gpt(name, **{k: v for k, v in settings.items() if k != "generic"})
+    if settings.get("generic"):
+        monkeypatch.setattr(model.variant, "linear_head", lambda: False)
     if VARIANTS[name].bayesian:
         randomise_posterior(model.variant.lm_head)
     x, y = text_batch()  # 32 positions: chunks of 5 leave a remainder of 2
@@ -167,9 +170,9 @@ def test_training_uses_loss_chunk_size_and_trains_as_unchunked(char_data, tmp_pa
     """TrainConfig.loss_chunk_size reaches the variant; training is the same either way."""
     used = []
 
-    def spy(chunk_loss, hidden, head, chunk):
+    def spy(chunk_loss, hidden, head, chunk, *linear):
         used.append(chunk)
-        return chunked_loss_sum(chunk_loss, hidden, head, chunk)
+        return chunked_loss_sum(chunk_loss, hidden, head, chunk, *linear)
 
     monkeypatch.setattr(base, "chunked_loss_sum", spy)
     finals = []

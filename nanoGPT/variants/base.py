@@ -126,9 +126,20 @@ class Variant(nn.Module):
                 hidden_rows, flat_targets[rows], extra_rows(extra, n, rows), head_rows
             )
 
+        def logits_loss(rows: slice, logits: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+            return self.logits_loss_sum(logits, flat_targets[rows], extra_rows(extra, n, rows))
+
         chunk = chunk_positions(self.loss_chunk_size, n, self.config.vocab_size)
-        total, sums = chunked_loss_sum(chunk_loss, flat_hidden, head, chunk)
+        linear = logits_loss if self.linear_head() else None
+        total, sums = chunked_loss_sum(chunk_loss, flat_hidden, head, chunk, linear)
         return total / n, {key: value.detach() / n for key, value in sums.items()}
+
+    def linear_head(self) -> bool:
+        """Whether the loss of a position is logits_loss_sum of F.linear(hidden, *head).float():
+        the chunked loss then does the head's matmul itself and accumulates its gradient in
+        place. True unless a variant computes its logits or loss otherwise."""
+        cls = type(self)
+        return cls.position_loss_sum is Variant.position_loss_sum and cls.head_logits is Variant.head_logits
 
     def log_probs(self, hidden: torch.Tensor, samples: int | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -241,6 +241,9 @@ class Bayes(Variant):
         """The data term of the ELBO on one set of sampled logits, summed over positions."""
         return softmax_cross_entropy(logits, targets).sum(), {}
 
+    def linear_head(self) -> bool:
+        return self.config.bayes_estimator == "weight"  # one weight sample: a linear head
+
     def head_logits(self, hidden: torch.Tensor, head: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Sampled logits: of the step's one weight sample (weight estimator) or, from the
         posterior's means and variances, a sample per token (local estimator)."""

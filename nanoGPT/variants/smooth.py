@@ -5,14 +5,15 @@ whole vocabulary (PyTorch's definition), which discourages over-confident logits
 
     loss = logsumexp(z) - (1 - eps) * z_true - eps * mean_v(z_v),
 
-and since the head is linear without a bias, mean_v(z_v) = h . mean_v(W_v): the smoothing
-term costs one n_embd-sized vector rather than another pass over the (N, V) logits.
+and since the head is linear without a bias, mean_v(z_v) = h . mean_v(W_v), whose mean over
+positions is (mean_n h_n) . mean_v(W_v): the smoothing term costs one product of n_embd-sized
+vectors per batch rather than another pass over the (N, V) logits, and stays outside the
+chunks of positions the rest of the loss is computed in.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nanoGPT.losses import softmax_cross_entropy
 from nanoGPT.variants.base import Stats
@@ -22,14 +23,14 @@ from nanoGPT.variants.baseline import Baseline
 class Smooth(Baseline):
     name = "smooth"
 
-    def head_tensors(self) -> tuple[torch.Tensor, ...]:
-        weight = self.lm_head.weight
-        # the smoothing term's mean row once per step, not once per chunk of positions
-        return weight, weight.mean(0, keepdim=True)
+    def loss(self, hidden, targets, extra_positives=None) -> tuple[torch.Tensor, Stats]:
+        data, stats = super().loss(hidden, targets, extra_positives)
+        # the mean over positions of mean_v(z_v) is (mean hidden) . (mean row of W): linear in
+        # the hidden states, so it is computed once, outside the chunks of positions
+        mean_hidden = hidden.reshape(-1, hidden.size(-1)).mean(0)
+        mean_logit = torch.dot(mean_hidden.float(), self.lm_head.weight.mean(0).float())
+        return data - self.config.label_smoothing * mean_logit, stats
 
-    def position_loss_sum(self, hidden, targets, extra, head) -> tuple[torch.Tensor, Stats]:
-        weight, mean_row = head
+    def logits_loss_sum(self, logits, targets, extra) -> tuple[torch.Tensor, Stats]:
         eps = self.config.label_smoothing
-        per_position = softmax_cross_entropy(self.head_logits(hidden, (weight,)), targets, 1.0 - eps)
-        mean_logit = F.linear(hidden, mean_row).float()
-        return (per_position - eps * mean_logit.reshape(-1)).sum(), {}
+        return softmax_cross_entropy(logits, targets, 1.0 - eps).sum(), {}
