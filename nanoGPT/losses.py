@@ -172,18 +172,23 @@ class GaussianPosteriorSample(torch.autograd.Function):
             moments = torch.stack([flat_sigma.sum(), sigma_squares])
         ctx.prior_sigma, ctx.sigma_scale, ctx.draw = prior_sigma, sigma_scale, draw
         ctx.mark_non_differentiable(moments)
-        ctx.save_for_backward(mu, sigma, eps)
+        # theta, not sigma: a parameter costs nothing to keep, sigma would be one more (V, C)
+        # buffer held from forward to backward; backward recomputes it (one exp)
+        ctx.save_for_backward(mu, theta, eps)
         return sample, kl, moments
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor, grad_moments: torch.Tensor):
-        mu, sigma, eps = ctx.saved_tensors
+        mu, theta, eps = ctx.saved_tensors
         prior_var = ctx.prior_sigma**2
+        sigma = torch.mul(theta, ctx.sigma_scale).exp_()
+        if ctx.draw:
+            eps.mul_(sigma)  # eps is not needed after this
         # dL/dtheta / sigma_scale = sigma * dL/dsigma
-        grad_theta = sigma.square().sub_(prior_var).mul_(grad_kl / prior_var)
+        grad_theta = sigma.square_().sub_(prior_var).mul_(grad_kl / prior_var)
         grad_mu = mu * (grad_kl / prior_var)
         if ctx.draw:
-            grad_theta.addcmul_(grad_sample, eps.mul_(sigma))  # eps is not needed after this
+            grad_theta.addcmul_(grad_sample, eps)
             grad_mu.add_(grad_sample)
         return grad_mu, grad_theta.mul_(ctx.sigma_scale), None, None, None
