@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from nanoGPT.benchmark import profiled_peak_mb
 from nanoGPT.chunked_loss import chunk_positions, chunked_loss_sum
 from nanoGPT.config import ModelConfig, TrainConfig, validate_config
 from nanoGPT.errors import UserError
+from nanoGPT.model import GPT
 from nanoGPT.train import train
 from nanoGPT.variants import VARIANTS, base
 from nanoGPT.variants.base import ExtraTargets
@@ -132,38 +133,22 @@ def test_chunk_size_setting():
     assert chunk_positions(-1, 256, gpt2_vocab) == 256
 
 
-PEAK_SCRIPT = """
-import resource, sys, torch
-from nanoGPT.config import ModelConfig
-from nanoGPT.model import GPT
-torch.manual_seed(0)
-V, B, T = 50257, 8, 128
-model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=T, vocab_size=V))
-x, y = torch.randint(V, (B, T)), torch.randint(V, (B, T))
-peaks = []
-for chunk in (-1, 0):  # the peak RSS only grows: the chunked step first
-    model.variant.loss_chunk_size = chunk
-    model(x, y)[0].backward()
-    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-print(*peaks)
-"""
-
-
-@pytest.mark.slow  # a fresh process: ~5 s of CPU
 def test_chunked_step_holds_less_memory_at_the_gpt2_vocabulary():
-    """Peak RSS of one training step at V = 50257, N = 1024 (one (N, V) float32 buffer is
-    196 MB): the unchunked step (logits + their gradient) raises the chunked step's peak by
-    more than one such buffer."""
-    proc = subprocess.run(
-        [sys.executable, "-c", PEAK_SCRIPT],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    chunked, unchunked = (float(v) for v in proc.stdout.split())
-    assert unchunked - chunked > 196, (chunked, unchunked)
+    """Peak tensor memory of a training step (forward + backward) at V = 50257 and N = 1024
+    positions, where one (N, V) float32 buffer is 196 MB: the unchunked step holds the logits
+    and their gradient, the chunked one (auto: four chunks) a chunk's and the (V, C) gradient."""
+    torch.manual_seed(0)
+    vocab, batch, block = 50257, 8, 128
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=block, vocab_size=vocab))
+    x, y = torch.randint(vocab, (batch, block)), torch.randint(vocab, (batch, block))
+    peaks = {}
+    for chunk in (0, -1):
+        model.variant.loss_chunk_size = chunk
+        model.zero_grad(set_to_none=True)
+        peaks[chunk] = profiled_peak_mb(lambda: model(x, y)[0].backward())
+    logits_mb = batch * block * vocab * 4 / 2**20
+    assert peaks[0] > 2 * logits_mb  # the unchunked step: logits and their gradient
+    assert peaks[-1] < 0.5 * peaks[0], peaks
 
 
 def test_training_uses_loss_chunk_size_and_trains_as_unchunked(char_data, tmp_path, monkeypatch):
