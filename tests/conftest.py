@@ -3,7 +3,11 @@
 import dataclasses
 import os
 
-import pytest
+# Tiny models run fastest on one thread, and torch's threads collapse when another process
+# competes for the cores (compare's worker processes inherit this too).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 from nanoGPT.config import TrainConfig
 from nanoGPT.prepare import shakespeare_splits, write_text_dataset
