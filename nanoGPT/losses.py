@@ -136,6 +136,25 @@ def sparse_bce(
     return loss, is_positive.sum(-1)
 
 
+def _generator_state(device: torch.device) -> torch.Tensor:
+    """The state of the default random generator of `device` (the CPU's or a CUDA device's)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+def _replay_randn_like(like: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """torch.randn_like(like) as drawn when the generator of like's device was at `state`
+    (_generator_state): the same values; the generators are left as they were."""
+    cuda = like.device.type == "cuda"
+    with torch.random.fork_rng(devices=[like.device] if cuda else []):
+        if cuda:
+            torch.cuda.set_rng_state(state, like.device)
+        else:
+            torch.set_rng_state(state)
+        return torch.randn_like(like)
+
+
 class GaussianPosteriorSample(torch.autograd.Function):
     """For q = N(mu, sigma^2) elementwise with log sigma = sigma_scale * theta: (a sample
     mu + sigma * eps if `draw`, else an empty tensor; KL(q || N(0, prior_sigma^2)) summed over
@@ -167,28 +186,32 @@ class GaussianPosteriorSample(torch.autograd.Function):
                 - sigma_scale * theta.sum()  # - sum log sigma
                 + (math.log(prior_sigma) - 0.5) * mu.numel()
             )
+            rng_state = _generator_state(mu.device) if draw else None
             eps = torch.randn_like(mu) if draw else None
-            sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
+            # into eps's buffer: the same kernel and values, one (V, C) temporary fewer
+            sample = torch.addcmul(mu, sigma, eps, out=eps) if draw else mu.new_empty(0)
             moments = torch.stack([flat_sigma.sum(), sigma_squares])
-        ctx.prior_sigma, ctx.sigma_scale, ctx.draw = prior_sigma, sigma_scale, draw
+        ctx.prior_sigma, ctx.sigma_scale, ctx.draw, ctx.rng_state = prior_sigma, sigma_scale, draw, rng_state
         ctx.mark_non_differentiable(moments)
-        # theta, not sigma: a parameter costs nothing to keep, sigma would be one more (V, C)
-        # buffer held from forward to backward; backward recomputes it (one exp)
-        ctx.save_for_backward(mu, theta, eps)
+        # theta, not sigma, and the generator's state, not the noise: a parameter and a few
+        # bytes cost nothing to keep, sigma and eps would be two more (V, C) buffers held from
+        # forward to backward; backward recomputes them (one exp, one randn: the same values)
+        ctx.save_for_backward(mu, theta)
         return sample, kl, moments
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor, grad_moments: torch.Tensor):
-        mu, theta, eps = ctx.saved_tensors
+        mu, theta = ctx.saved_tensors
         prior_var = ctx.prior_sigma**2
         sigma = torch.mul(theta, ctx.sigma_scale).exp_()
-        if ctx.draw:
-            eps.mul_(sigma)  # eps is not needed after this
+        noise = _replay_randn_like(mu, ctx.rng_state).mul_(sigma) if ctx.draw else None
         # dL/dtheta / sigma_scale = sigma * dL/dsigma
         grad_theta = sigma.square_().sub_(prior_var).mul_(grad_kl / prior_var)
+        if ctx.draw:
+            grad_theta.addcmul_(grad_sample, noise)
+            del noise  # freed before grad_mu is allocated: three (V, C) buffers at most
         grad_mu = mu * (grad_kl / prior_var)
         if ctx.draw:
-            grad_theta.addcmul_(grad_sample, eps)
             grad_mu.add_(grad_sample)
         return grad_mu, grad_theta.mul_(ctx.sigma_scale), None, None, None
