@@ -52,15 +52,19 @@ LogitsLoss = Callable[[slice, torch.Tensor], tuple[torch.Tensor, Sums]]
 AUTO_CHUNK_ELEMENTS = 2**24
 
 
-def chunk_positions(setting: int, num_positions: int, vocab_size: int) -> int:
+def chunk_positions(
+    setting: int, num_positions: int, vocab_size: int, auto_elements: int = AUTO_CHUNK_ELEMENTS
+) -> int:
     """Positions per chunk for `loss_chunk_size` = setting (-1 auto, 0 never, n > 0 n
-    positions); num_positions means one chunk, the unchunked path. Auto splits into chunks
-    of equal size (the last one a little shorter), so no chunk is a small remainder."""
+    positions); num_positions means one chunk, the unchunked path. Auto puts at most
+    `auto_elements` logits in a chunk (a variant's Variant.auto_chunk_elements) and splits
+    into chunks of equal size (the last one a little shorter), so no chunk is a small
+    remainder."""
     if setting == 0 or num_positions == 0:
         return num_positions
     if setting > 0:
         return min(setting, num_positions)
-    limit = max(1, AUTO_CHUNK_ELEMENTS // vocab_size)
+    limit = max(1, auto_elements // vocab_size)
     num_chunks = -(-num_positions // limit)
     return -(-num_positions // num_chunks)
 

@@ -127,25 +127,39 @@ def test_chunk_size_setting():
     assert chunk_positions(5000, 1024, gpt2_vocab) == 1024
     # auto: the bench's 8 x 128 batch and GPT-2's 12 x 1024 chunk at the GPT-2 vocabulary...
     assert chunk_positions(-1, 8 * 128, gpt2_vocab) == 256  # 4 equal chunks
+    assert chunk_positions(-1, 8 * 128, gpt2_vocab, 2**23) == 147  # a Bayesian head's: 7 chunks
     assert 0 < chunk_positions(-1, 12 * 1024, gpt2_vocab) * gpt2_vocab <= 2**24
     # ...the character models never do, nor a small GPT-2-vocabulary batch
     assert chunk_positions(-1, 64 * 1024, char_vocab) == 64 * 1024
     assert chunk_positions(-1, 256, gpt2_vocab) == 256
 
 
-def test_chunked_step_holds_less_memory_at_the_gpt2_vocabulary():
-    """Peak tensor memory of a training step (forward + backward) at V = 50257 and N = 1024
-    positions, where one (N, V) float32 buffer is 196 MB: the unchunked step holds the logits
-    and their gradient, the chunked one (auto: four chunks) a chunk's and the (V, C) gradient."""
+@pytest.mark.parametrize(
+    "variant, width, batch", [("baseline", 32, 8), ("bayes", 128, 4), ("bayes_sigmoid", 128, 4)]
+)
+def test_chunked_step_holds_less_memory_at_the_gpt2_vocabulary(variant, width, batch):
+    """Peak tensor memory of a training step (forward + backward) at V = 50257 and N = batch x
+    128 positions, where one (N, V) float32 buffer is 196 MB at N = 1024: the unchunked step
+    holds the logits and their gradient, the chunked one a chunk's and the (V, C) gradient. A
+    Bayesian head also holds its (V, C) weight sample either way: at bench.py's C / N (256 /
+    1024, here 128 / 512, a quarter of the FLOPs) the chunked step still holds under half."""
     torch.manual_seed(0)
-    vocab, batch, block = 50257, 8, 128
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=block, vocab_size=vocab))
+    vocab, block = 50257, 128
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=width, block_size=block, vocab_size=vocab)
+    model = GPT(dataclasses.replace(config, variant=variant, kl_num_tokens=10**6))
     x, y = torch.randint(vocab, (batch, block)), torch.randint(vocab, (batch, block))
+    extra = torch.randint(-1, vocab, (batch, block, 8)) if model.variant.uses_extra_positives else None
+
+    def step() -> None:
+        model(x, y, extra)[0].backward()
+        # inside the profiled step: the profiler counts only the frees it sees, and gradients
+        # freed outside it would count in the next measurement
+        model.zero_grad(set_to_none=True)
+
     peaks = {}
     for chunk in (0, -1):
         model.variant.loss_chunk_size = chunk
-        model.zero_grad(set_to_none=True)
-        peaks[chunk] = profiled_peak_mb(lambda: model(x, y)[0].backward())
+        peaks[chunk] = profiled_peak_mb(step)
     logits_mb = batch * block * vocab * 4 / 2**20
     assert peaks[0] > 2 * logits_mb  # the unchunked step: logits and their gradient
     assert peaks[-1] < 0.5 * peaks[0], peaks

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoGPT.chunked_loss import chunk_positions, chunked_loss_sum
+from nanoGPT.chunked_loss import AUTO_CHUNK_ELEMENTS, chunk_positions, chunked_loss_sum
 from nanoGPT.config import ModelConfig
 
 Stats = dict[str, torch.Tensor]
@@ -62,6 +62,9 @@ class Variant(nn.Module):
     # positions per chunk of the training loss: -1 auto, 0 never chunk, n > 0 (training sets it
     # from TrainConfig.loss_chunk_size; nanoGPT/chunked_loss.py)
     loss_chunk_size: int = -1
+    # at most this many logits per chunk when loss_chunk_size is -1 (auto): fewer for a head
+    # that holds more vocabulary-sized buffers through the chunks (bayes)
+    auto_chunk_elements: ClassVar[int] = AUTO_CHUNK_ELEMENTS
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -129,7 +132,7 @@ class Variant(nn.Module):
         def logits_loss(rows: slice, logits: torch.Tensor) -> tuple[torch.Tensor, Stats]:
             return self.logits_loss_sum(logits, flat_targets[rows], extra_rows(extra, n, rows))
 
-        chunk = chunk_positions(self.loss_chunk_size, n, self.config.vocab_size)
+        chunk = chunk_positions(self.loss_chunk_size, n, self.config.vocab_size, self.auto_chunk_elements)
         linear = logits_loss if self.linear_head() else None
         total, sums = chunked_loss_sum(chunk_loss, flat_hidden, head, chunk, linear)
         return total / n, {key: value.detach() / n for key, value in sums.items()}

@@ -46,6 +46,7 @@ from pyro.distributions import Normal
 from torch.distributions import kl_divergence
 
 from nanoGPT.bayes_priors import PyroHead, check_prior_config, make_prior, monte_carlo_kl
+from nanoGPT.chunked_loss import AUTO_CHUNK_ELEMENTS
 from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
 from nanoGPT.losses import GaussianPosteriorSample, softmax_cross_entropy
@@ -188,6 +189,11 @@ class Bayes(Variant):
     ties_embedding = False  # the posterior has its own mean and std per weight
     bayesian = True
     data_term = "nll"  # the name under which loss() logs the expected data term
+    # the step's (V, C) weight sample (weight estimator) or weight variances (local) is held
+    # through the chunks besides the weight's gradient, one such buffer more than a plain
+    # head's: half the chunk keeps the chunked step under half the unchunked one's tensor
+    # memory (tests/test_chunked_loss.py; at bench.py's size also a little faster)
+    auto_chunk_elements = AUTO_CHUNK_ELEMENTS // 2
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
