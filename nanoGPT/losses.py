@@ -186,26 +186,33 @@ class GaussianPosteriorSample(torch.autograd.Function):
                 - sigma_scale * theta.sum()  # - sum log sigma
                 + (math.log(prior_sigma) - 0.5) * mu.numel()
             )
-            rng_state = _generator_state(mu.device) if draw else None
+            # torch.compile draws its own random numbers, which an eager redraw would not match:
+            # compiled, the noise is kept for backward
+            replay = draw and not torch.compiler.is_compiling()
+            rng_state = _generator_state(mu.device) if replay else None
             eps = torch.randn_like(mu) if draw else None
-            # into eps's buffer: the same kernel and values, one (V, C) temporary fewer
-            sample = torch.addcmul(mu, sigma, eps, out=eps) if draw else mu.new_empty(0)
+            if replay:  # into eps's buffer: the same kernel and values, one (V, C) temporary fewer
+                sample = torch.addcmul(mu, sigma, eps, out=eps)
+            else:
+                sample = torch.addcmul(mu, sigma, eps) if draw else mu.new_empty(0)
             moments = torch.stack([flat_sigma.sum(), sigma_squares])
         ctx.prior_sigma, ctx.sigma_scale, ctx.draw, ctx.rng_state = prior_sigma, sigma_scale, draw, rng_state
         ctx.mark_non_differentiable(moments)
         # theta, not sigma, and the generator's state, not the noise: a parameter and a few
         # bytes cost nothing to keep, sigma and eps would be two more (V, C) buffers held from
         # forward to backward; backward recomputes them (one exp, one randn: the same values)
-        ctx.save_for_backward(mu, theta)
+        ctx.save_for_backward(mu, theta, None if replay else eps)
         return sample, kl, moments
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sample: torch.Tensor, grad_kl: torch.Tensor, grad_moments: torch.Tensor):
-        mu, theta = ctx.saved_tensors
+        mu, theta, eps = ctx.saved_tensors
         prior_var = ctx.prior_sigma**2
         sigma = torch.mul(theta, ctx.sigma_scale).exp_()
-        noise = _replay_randn_like(mu, ctx.rng_state).mul_(sigma) if ctx.draw else None
+        noise = None
+        if ctx.draw:
+            noise = (eps if ctx.rng_state is None else _replay_randn_like(mu, ctx.rng_state)).mul_(sigma)
         # dL/dtheta / sigma_scale = sigma * dL/dsigma
         grad_theta = sigma.square_().sub_(prior_var).mul_(grad_kl / prior_var)
         if ctx.draw:

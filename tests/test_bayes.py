@@ -12,6 +12,7 @@ import torch
 from nanoGPT.bayes_priors import make_prior, monte_carlo_kl
 from nanoGPT.config import ModelConfig
 from nanoGPT.errors import UserError
+from nanoGPT.losses import GaussianPosteriorSample
 from nanoGPT.model import GPT
 from tests.test_variants import randomise_posterior, text_batch
 
@@ -166,3 +167,36 @@ def test_the_training_loop_trains_and_resumes_each_backend(char_data, tmp_path, 
     assert metrics["val/nll"] < 4.0 and metrics["val/mutual_information"] >= 0
     resumed = train(dataclasses.replace(cfg, init_from="resume", eval_only=True))
     assert resumed["val/nll"] == pytest.approx(metrics["val/nll"])
+
+
+def sample_gradients(compiled: bool) -> None:
+    """The sample's gradient through theta is sigma_scale * (sample - mu) * G (sigma * eps =
+    sample - mu): backward redraws eps from the generator's saved state (eager) or keeps it
+    (torch.compile draws its own numbers), either way the forward's noise; backward leaves the
+    generator as it was."""
+    torch.manual_seed(0)
+    mu = torch.randn(300, 16, requires_grad=True)
+    theta = (0.2 * torch.randn(300, 16) - 1).requires_grad_()
+    grad = torch.randn(300, 16)
+
+    def sample(mu, theta):
+        return GaussianPosteriorSample.apply(mu, theta, 3.0, 0.5, True)[0]
+
+    draw = torch.compile(sample) if compiled else sample
+    drawn = draw(mu, theta)
+    torch.manual_seed(1)
+    drawn.backward(grad)
+    after = torch.rand(4)
+    torch.manual_seed(1)
+    assert torch.equal(after, torch.rand(4))  # backward left the generator where it was
+    torch.testing.assert_close(theta.grad, 3.0 * (drawn.detach() - mu.detach()) * grad, rtol=1e-4, atol=1e-6)
+    assert torch.equal(mu.grad, grad)
+
+
+def test_posterior_sample_gradient_uses_the_forward_noise():
+    sample_gradients(compiled=False)
+
+
+@pytest.mark.slow
+def test_compiled_posterior_sample_gradient_uses_the_forward_noise():
+    sample_gradients(compiled=True)
