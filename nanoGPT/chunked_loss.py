@@ -21,7 +21,9 @@ Measured (CPU, profiler; bench.py's trunk: 4 x 256, batch 8 x 128, V = 50257), t
 memory of a training step, unchunked -> chunked: 459 -> 215 MB for baseline, smooth, sigmoid,
 distill and the controls; CPU time equal within the noise. The Bayesian heads hold their
 (V, C) weight sample through the chunks as well, and chunk at half the size
-(Variant.auto_chunk_elements): forward + backward 508 -> 222 MB (0.44x) and no slower. With
+(Variant.auto_chunk_elements): forward + backward 508 -> 222 MB (0.44x) and no slower (peak
+RSS, which glibc's heap keeps high for chunks under 32 MB, 1343 -> 1282 MB; 1190 MB with the
+2**24 chunks). With
 AdamW in the step, on the CPU its for-loop implementation's temporaries over their three
 (V, C) parameters are the chunked step's peak, 307 MB (222 MB with fused=True).
 """
