@@ -23,9 +23,8 @@ distill and the controls; CPU time equal within the noise. The Bayesian heads ho
 (V, C) weight sample through the chunks as well, and chunk at half the size
 (Variant.auto_chunk_elements): forward + backward 508 -> 222 MB (0.44x) and no slower (peak
 RSS, which glibc's heap keeps high for chunks under 32 MB, 1343 -> 1282 MB; 1190 MB with the
-2**24 chunks). With
-AdamW in the step, on the CPU its for-loop implementation's temporaries over their three
-(V, C) parameters are the chunked step's peak, 307 MB (222 MB with fused=True).
+2**24 chunks). With AdamW in the step, on the CPU its for-loop implementation's temporaries
+over their three (V, C) parameters are the chunked step's peak, 307 MB (222 MB with fused=True).
 """
 
 from __future__ import annotations
