@@ -81,7 +81,7 @@ class Variant(nn.Module):
             self.lm_head.weight.copy_(embedding)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return self.head_logits(hidden, self.head_tensors())
 
     def loss(
         self,
