@@ -7,7 +7,6 @@ nanoGPT users expect: a Python config file first, then `--key=value` overrides.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import math
@@ -370,36 +369,27 @@ def validate_config(config: Any) -> None:
         raise UserError(f"n_embd={n_embd} must be a multiple of n_head={n_head}")
 
 
-def _probe_write(path: str, folder: str, key: str) -> None:
+def _probe_write(path: str, message: str) -> None:
     """Create and delete a file in the existing folder `path`: os.access passes for root on a
     folder without write permission and says nothing of some read-only mounts."""
     try:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise UserError(f"{key}={folder} is not writable ({err.strerror})") from None
+        raise UserError(f"{message} ({err.strerror})") from None
 
 
 def check_writable(folder: str, key: str) -> None:
-    """UserError unless `folder` is, or can be created as, a writable folder. Missing folders
-    are created to find out (permissions, a read-only or pseudo file system) and removed again:
-    an error later in the start leaves nothing behind."""
-    path, missing = os.path.abspath(folder), []
+    """UserError unless `folder` is, or can be created as, a writable folder. A missing folder is
+    judged by a probe file in its nearest existing parent, so nothing is created here: the ranks
+    of a torchrun job check the same path at once, and one rank's clean-up must not pull a
+    folder from under another's check."""
+    path = os.path.abspath(folder)
     while not os.path.exists(path):
-        missing.append(path)
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise UserError(f"{key}={folder}: {path} is not a folder")
-    if not missing:
-        _probe_write(path, folder, key)
-    created = []
-    try:
-        for new in reversed(missing):
-            os.mkdir(new)
-            created.append(new)
-    except OSError as err:
-        raise UserError(f"{key}={folder} cannot be created ({err.filename}: {err.strerror})") from None
-    finally:
-        for new in reversed(created):
-            with contextlib.suppress(OSError):  # another process may have filled it meanwhile
-                os.rmdir(new)
+    if path == os.path.abspath(folder):
+        _probe_write(path, f"{key}={folder} is not writable")
+    else:
+        _probe_write(path, f"{key}={folder} cannot be created: {path} is not writable")

@@ -382,7 +382,14 @@ def train(cfg: TrainConfig) -> dict:
     try:
         with collective_timeouts(cfg, rt):
             training, state = setup(cfg, rt, log)
-            return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
+            metrics = evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
+            if rt.ddp:
+                # torch 2.13's gloo deadlocks at exit when a worker thread still holds the last
+                # collective's tensors: freeing them needs the GIL, which the main thread holds
+                # while it joins that worker in the process group's destructor. Waiting here
+                # (GIL released) until every rank is done lets the workers let go first.
+                dist.barrier()
+            return metrics
     except (UserError, KeyboardInterrupt) as err:  # the console gets it from cli(); the log keeps it
         log.ended(f"error: {err}" if isinstance(err, UserError) else "interrupted")
         raise

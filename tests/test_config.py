@@ -1,5 +1,6 @@
 """The configurator: config files, --key=value overrides, type checks, clear errors."""
 
+import concurrent.futures
 import math
 import os
 import sys
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nanoGPT.config import TrainConfig, apply_config, validate_config
+from nanoGPT.config import TrainConfig, apply_config, check_writable, validate_config
 from nanoGPT.errors import UserError
 from nanoGPT.train import train
 from tests.conftest import tiny_config
@@ -170,7 +171,18 @@ def test_a_folder_that_mkdir_refuses_is_one_line_and_nothing_is_left(char_data, 
     cfg = apply_config(tiny_config(char_data, tmp_path), ["--log_dir=/proc/self/nanoGPT-logs"])
     with pytest.raises(UserError, match="log_dir=/proc/self/nanoGPT-logs cannot be created"):
         train(cfg)
-    assert os.listdir(tmp_path) == []  # out_dir, created to check it, was removed
+    assert os.listdir(tmp_path) == []  # nothing is created to find out
+
+
+def test_ranks_checking_the_same_missing_folder_at_once_all_pass(tmp_path):
+    # a torchrun job's ranks check out_dir together; a check that created and removed the
+    # folder pulled it from under another rank's check now and then (CI saw it)
+    folder = str(tmp_path / "run" / "out")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        checks = [pool.submit(check_writable, folder, "out_dir") for _ in range(400)]
+        for check in checks:
+            check.result()
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(
