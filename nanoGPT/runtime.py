@@ -84,7 +84,9 @@ def setup_runtime(cfg: TrainConfig, model: ModelConfig | None = None) -> Runtime
             torch.cuda.set_device(device)
         # a rank that stops answering (frozen, stuck) ends the run after this, not after 30 min
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=cfg.collective_timeout_s))
-    ptdtype = resolve_dtype(device, cfg.dtype, model or planned_model(cfg))
+    if model is None and cfg.dtype == "auto" and device == "cpu" and cpu_has_bf16_matmul():
+        model = planned_model(cfg)  # only here does the size decide (it reads the data's meta.pkl)
+    ptdtype = resolve_dtype(device, cfg.dtype, model)
     return _runtime(device, ptdtype, rank, local_rank, world_size, ddp)
 
 

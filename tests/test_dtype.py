@@ -76,6 +76,17 @@ def test_auto_picks_bf16_on_the_cpu_only_for_large_models_on_capable_cpus(char_d
     assert setup_runtime(char, gpt2_124m.model_args()).ptdtype == torch.bfloat16
 
 
+def test_the_data_is_read_for_the_dtype_only_when_its_size_could_decide(bf16_cpu, monkeypatch):
+    def planned_model(cfg):
+        raise AssertionError("the data's meta.pkl was read though the size cannot change the dtype")
+
+    monkeypatch.setattr(runtime, "planned_model", planned_model)
+    bf16_cpu(False)  # auto on a CPU without bf16 units: float32 at any size
+    assert setup_runtime(TrainConfig(device="cpu", dtype="auto")).ptdtype == torch.float32
+    bf16_cpu(True)  # a dtype given outright
+    assert setup_runtime(TrainConfig(device="cpu", dtype="float32")).ptdtype == torch.float32
+
+
 def test_auto_on_cuda_is_bf16_where_the_device_has_it(monkeypatch):
     for supported, expected in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
