@@ -25,6 +25,7 @@ checkpoint makes the same switches at the same iterations as one that never stop
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -60,11 +61,17 @@ def stage_at(config: ModelConfig, iter_num: int, max_iters: int) -> int:
     """The stage iteration `iter_num` trains in: boundaries are fractions of
     progressive_iters (0 = max_iters)."""
     total = config.progressive_iters or max_iters
-    if iter_num >= config.progressive_stage3 * total:
+    if iter_num >= stage_start(config.progressive_stage3, total):
         return 3
-    if iter_num >= config.progressive_stage2 * total:
+    if iter_num >= stage_start(config.progressive_stage2, total):
         return 2
     return 1
+
+
+def stage_start(fraction: float, total: int) -> int:
+    """The first iteration at `fraction` of `total`, rounded so float error cannot move it
+    (0.3 * 10 is 3.0000000000000004: stage 2 of 10 iterations starts at 3, not 4)."""
+    return math.ceil(round(fraction * total, 6))
 
 
 def block_index(stage: int, layer: int, group: int) -> int:

@@ -120,6 +120,12 @@ def test_the_progressive_config_is_the_sources_setup_and_runs(char_data, tmp_pat
     assert [(r["iter"], r["stage"]) for r in records(cfg, "stage")] == switch_iterations(cfg)
 
 
+def test_stage_boundaries_are_exact_fractions_of_the_iterations(char_data, tmp_path):
+    cfg = progressive_config(char_data, tmp_path, "--max_iters=10")  # stages at 0.3 and 0.6
+    assert switch_iterations(cfg) == [(3, 2), (6, 3)]  # 0.3 * 10 is 3.0000000000000004 in floats
+    assert progressive.stage_start(0.25, 10) == 3  # between iterations: the next one
+
+
 @pytest.mark.slow
 def test_the_full_progressive_config(char_data, tmp_path):
     """The whole config (2,000 iterations, minutes): every stage is entered and the held-out NLL
