@@ -82,7 +82,7 @@ def test_a_host_that_never_answers_fails_within_the_timeout(online, monkeypatch)
     start = time.perf_counter()
     with pytest.raises(UserError, match=r"cannot reach huggingface\.co:443 \(no answer in 0\.2 s\)"):
         hub.check_hub_reachable("connect")
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 3  # the 0.2 s timeout, not the 30 s hang (slack for a loaded CI)
 
 
 def test_unreachable_hub_teacher_and_gpt2_fail_in_seconds(online, monkeypatch):

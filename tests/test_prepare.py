@@ -293,7 +293,7 @@ def test_hub_data_set_unreachable_fails_fast(name, tmp_path, monkeypatch):
     start = time.perf_counter()
     with pytest.raises(UserError, match="cannot reach huggingface.co.*--input=train:FILE"):
         load_script(name).prepare(out_dir=str(tmp_path))
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 8  # not the ~24 s of hub retries (slack for a loaded CI)
     assert not os.listdir(tmp_path)
 
 
