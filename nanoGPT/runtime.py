@@ -90,6 +90,20 @@ def setup_runtime(cfg: TrainConfig, model: ModelConfig | None = None) -> Runtime
     return _runtime(device, ptdtype, rank, local_rank, world_size, ddp)
 
 
+def close_process_group() -> None:
+    """End torch.distributed, once nothing else (the DDP model above all) holds the group.
+
+    torch 2.13 with gloo can deadlock here otherwise: the group's destructor joins its worker
+    threads, and a worker still freeing a collective's tensors needs the GIL. Destroyed by
+    the DDP Reducer's last reference, the group is torn down with the GIL held, and the run
+    hangs at exit (2 to 4 runs in 6 under load here; CI hit it). torch's binding of the Python group
+    releases the GIL while it destroys one, so the last reference is taken here and
+    dropped after destroy_process_group."""
+    world = dist.group.WORLD
+    dist.destroy_process_group()
+    del world  # the group's destructor runs now, with the GIL released
+
+
 def inference_runtime(device: str, dtype: str) -> Runtime:
     """The Runtime of one process that only runs a model (sampling): `dtype` as given, on the
     CPU too when asked for. auto stays fp32 on the CPU whatever the model's size: bf16

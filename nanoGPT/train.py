@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ from nanoGPT.evaluate import evaluate
 from nanoGPT.guard import UpdateGuard
 from nanoGPT.model import GPT, check_architecture
 from nanoGPT.runlog import RunLog, finite_or_none
-from nanoGPT.runtime import Runtime, seeded, setup_runtime
+from nanoGPT.runtime import Runtime, close_process_group, seeded, setup_runtime
 from nanoGPT.sampling import generate
 from nanoGPT.tokenizer import Tokenizer, load_tokenizer
 from nanoGPT.variants import check_variant
@@ -379,16 +380,11 @@ def train(cfg: TrainConfig) -> dict:
     check_writable(cfg.log_dir, "log_dir")
     rt = setup_runtime(cfg)
     log = RunLog(cfg, rt.master)
+    training = None
     try:
         with collective_timeouts(cfg, rt):
             training, state = setup(cfg, rt, log)
             metrics = evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
-            if rt.ddp:
-                # torch 2.13's gloo deadlocks at exit when a worker thread still holds the last
-                # collective's tensors: freeing them needs the GIL, which the main thread holds
-                # while it joins that worker in the process group's destructor. Waiting here
-                # (GIL released) until every rank is done lets the workers let go first.
-                dist.barrier()
             return metrics
     except (UserError, KeyboardInterrupt) as err:  # the console gets it from cli(); the log keeps it
         log.ended(f"error: {err}" if isinstance(err, UserError) else "interrupted")
@@ -396,7 +392,12 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         log.close()
         if rt.ddp and dist.is_initialized():
-            dist.destroy_process_group()
+            # the DDP model goes first, from this frame and from the finished frames of an
+            # exception's traceback: its Reducer must not be the process group's last owner
+            training = None
+            if sys.exc_info()[2] is not None:
+                traceback.clear_frames(sys.exc_info()[2])
+            close_process_group()
 
 
 @contextlib.contextmanager
