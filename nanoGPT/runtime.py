@@ -94,11 +94,11 @@ def close_process_group() -> None:
     """End torch.distributed, once nothing else (the DDP model above all) holds the group.
 
     torch 2.13 with gloo can deadlock here otherwise: the group's destructor joins its worker
-    threads, and a worker still freeing a collective's tensors needs the GIL. Destroyed by
-    the DDP Reducer's last reference, the group is torn down with the GIL held, and the run
-    hangs at exit (2 to 4 runs in 6 under load here; CI hit it). torch's binding of the Python group
-    releases the GIL while it destroys one, so the last reference is taken here and
-    dropped after destroy_process_group."""
+    threads, and a worker still freeing a collective's tensors needs the GIL. Destroyed by the
+    DDP Reducer's last reference, the group is torn down with the GIL held, and the run hangs
+    at exit (2 to 4 runs in 6 under load here; CI hit it). torch's binding of the Python group
+    releases the GIL while it destroys one, so the last reference is taken here and dropped
+    after destroy_process_group."""
     world = dist.group.WORLD
     dist.destroy_process_group()
     del world  # the group's destructor runs now, with the GIL released

@@ -384,8 +384,7 @@ def train(cfg: TrainConfig) -> dict:
     try:
         with collective_timeouts(cfg, rt):
             training, state = setup(cfg, rt, log)
-            metrics = evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
-            return metrics
+            return evaluate_once(training, state) if cfg.eval_only else run_loop(training, state)
     except (UserError, KeyboardInterrupt) as err:  # the console gets it from cli(); the log keeps it
         log.ended(f"error: {err}" if isinstance(err, UserError) else "interrupted")
         raise
