@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import platform
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -132,6 +133,18 @@ def cpu_has_bf16_matmul() -> bool:
     reference kernel: a bf16 matmul ran ~100x slower than fp32 on an AVX2-only EPYC."""
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+
+
+def describe_machine(device: str) -> str:
+    """Where a result was computed, for a report: other kernels (AVX2 or AVX-512, another GPU)
+    sum floats in another order, training amplifies the difference, and the same command on
+    another machine gives other digits (the default comparison: another draw of every seed)."""
+    device = resolve_device(device)
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
+    cpu = torch.cpu.get_capabilities().get("cpu_name") or platform.machine()
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} ({kernels} kernels, {os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def matmul_weights_per_token(model: ModelConfig) -> int:

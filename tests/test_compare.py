@@ -32,6 +32,7 @@ from nanoGPT.errors import UserError
 from nanoGPT.model import GPT
 from nanoGPT.plotting import read_metrics
 from nanoGPT.prepare import shakespeare_splits, write_text_dataset
+from nanoGPT.runtime import describe_machine
 from nanoGPT.tokenizer import CharTokenizer
 from nanoGPT.train import learning_rate, setup_runtime
 from nanoGPT.variants import VARIANTS
@@ -417,6 +418,9 @@ def test_trunks_compare_in_one_report_with_their_costs(small_data, tmp_path, mon
     conv = next(line for line in trunk_lines if line.startswith(f"| {labels[1]} |"))
     assert "| conv (÷4, 1 level" in conv and "| 3 | 2 | 32 | 8 | 32 |" in conv  # layers heads width batch ctx
     assert "progressive diverging (group 2)" in report and "ms/token" in report.split("### Trunks")[0]
+    assert f"- machine: {describe_machine('cpu')}; another CPU" in report  # digits depend on it
+    assert results["machine"] == describe_machine("cpu")
+    assert f"torch {torch.__version__}" in results["machine"]
 
 
 def test_an_objective_comparison_has_no_trunk_table(small_data, tmp_path):

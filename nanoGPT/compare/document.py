@@ -29,6 +29,7 @@ class ReportContext:
     train_tokens: int  # tokens of train.bin the students draw windows from
     skipped: Sequence[str]
     wall_s: float
+    machine: str = ""  # where this invocation ran (runs it reused may have trained elsewhere)
 
 
 def write_samples_markdown(path: str, results: Mapping[str, Mapping[int, dict]]) -> None:
@@ -129,6 +130,8 @@ def write_report(
 - seeds {cfg.seeds or cfg.seed}: mean ± std over them; **bold**: best in its column *and* detectably
   better than every other row (paired bootstrap, 95%); the teacher is not a contestant
 - time: training took {total_train_s / 60:.1f} min of process time; this invocation {ctx.wall_s / 60:.1f} min
+- machine: {ctx.machine}; another CPU or GPU sums floats in another order, so its runs end
+  elsewhere and its digits differ (as if the seeds were drawn anew)
 {skipped}
 {table}
 

@@ -20,6 +20,7 @@ from nanoGPT.compare.schedule import Task, run_tasks
 from nanoGPT.compare.trunks import describe, trunk_section
 from nanoGPT.data import TokenData
 from nanoGPT.errors import UserError
+from nanoGPT.runtime import describe_machine
 from nanoGPT.stats import WindowTable, paired_differences, significantly_best
 
 
@@ -148,10 +149,12 @@ def write_outputs(
     figures = draw_figures(report_dir, ctx.runs, results, cfg)
     write_samples_markdown(os.path.join(report_dir, "samples.md"), results)
     ctx.wall_s = time.time() - started
+    ctx.machine = describe_machine(cfg.device)
     output = {
         "command": ctx.command,
         "config": dataclasses.asdict(cfg),
         "wall_s": ctx.wall_s,
+        "machine": ctx.machine,
         "statuses": dict(ctx.statuses),
         "train_s": dict(ctx.train_s),
         "summary": decision["summary"],
