@@ -384,12 +384,15 @@ def check_writable(folder: str, key: str) -> None:
     judged by a probe file in its nearest existing parent, so nothing is created here: the ranks
     of a torchrun job check the same path at once, and one rank's clean-up must not pull a
     folder from under another's check."""
-    path = os.path.abspath(folder)
+    target = path = os.path.abspath(folder)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise UserError(f"{key}={folder}: {path} is not a folder")
-    if path == os.path.abspath(folder):
+    if path == target:
         _probe_write(path, f"{key}={folder} is not writable")
-    else:
-        _probe_write(path, f"{key}={folder} cannot be created: {path} is not writable")
+        return
+    name_max = os.pathconf(path, "PC_NAME_MAX")  # what mkdir would refuse besides permissions
+    if any(len(os.fsencode(name)) > name_max for name in os.path.relpath(target, path).split(os.sep)):
+        raise UserError(f"{key}={folder} cannot be created: a folder name is over {name_max} bytes")
+    _probe_write(path, f"{key}={folder} cannot be created: {path} is not writable")

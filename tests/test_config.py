@@ -167,11 +167,18 @@ def test_a_folder_that_cannot_be_created_is_refused_at_the_start(char_data, tmp_
 @pytest.mark.skipif(
     not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where mkdir fails even for root"
 )
-def test_a_folder_that_mkdir_refuses_is_one_line_and_nothing_is_left(char_data, tmp_path):
+def test_a_folder_that_cannot_be_made_there_is_one_line_and_nothing_is_left(char_data, tmp_path):
     cfg = apply_config(tiny_config(char_data, tmp_path), ["--log_dir=/proc/self/nanoGPT-logs"])
     with pytest.raises(UserError, match="log_dir=/proc/self/nanoGPT-logs cannot be created"):
         train(cfg)
     assert os.listdir(tmp_path) == []  # nothing is created to find out
+
+
+def test_a_folder_name_too_long_for_the_file_system_is_one_line(char_data, tmp_path):
+    cfg = apply_config(tiny_config(char_data, tmp_path), [f"--out_dir={tmp_path / ('x' * 300) / 'run'}"])
+    with pytest.raises(UserError, match=r"out_dir=.* cannot be created: a folder name is over \d+ bytes"):
+        train(cfg)
+    assert os.listdir(tmp_path) == []
 
 
 def test_ranks_checking_the_same_missing_folder_at_once_all_pass(tmp_path):
