@@ -394,8 +394,8 @@ def train(cfg: TrainConfig) -> dict:
             # the DDP model goes first, from this frame and from the finished frames of an
             # exception's traceback: its Reducer must not be the process group's last owner
             training = None
-            if sys.exc_info()[2] is not None:
-                traceback.clear_frames(sys.exc_info()[2])
+            if (raised := sys.exc_info()[2]) is not None:
+                traceback.clear_frames(raised)
             close_process_group()
 
 
