@@ -141,10 +141,11 @@ def describe_machine(device: str) -> str:
     another machine gives other digits (the default comparison: another draw of every seed)."""
     device = resolve_device(device)
     if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
-    cpu = torch.cpu.get_capabilities().get("cpu_name") or platform.machine()
-    kernels = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu} ({kernels} kernels, {os.cpu_count()} cores), torch {torch.__version__}"
+        hardware = torch.cuda.get_device_name(torch.device(device))
+    else:
+        cpu = torch.cpu.get_capabilities().get("cpu_name") or platform.machine()
+        hardware = f"{cpu} ({torch.backends.cpu.get_cpu_capability()} kernels, {os.cpu_count()} cores)"
+    return f"{hardware}, torch {torch.__version__}"
 
 
 def matmul_weights_per_token(model: ModelConfig) -> int:
